@@ -1,0 +1,2 @@
+//! A child workload for the memory lab.
+fn main() {}

@@ -1,0 +1,2 @@
+//! The ebb memory lab: sandboxes, zram swap and child workloads.
+#![warn(missing_docs)]

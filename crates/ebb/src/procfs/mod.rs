@@ -1,0 +1,1 @@
+//! Typed parsers for the /proc files ebb reads.
