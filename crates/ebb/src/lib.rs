@@ -3,9 +3,11 @@
 #![deny(unsafe_code)]
 
 pub mod advice;
+pub mod cache;
 pub mod cgroup;
 pub mod pressure;
 pub mod procfs;
 pub mod sys;
+pub mod volatile;
 
 pub use advice::Advice;

@@ -1,0 +1,1 @@
+//! A purgeable cache (in progress).
