@@ -462,11 +462,36 @@ impl MemoryCgroup {
         }
     }
 
-    /// How often usage hit the limit (v1 `memory.failcnt`; v2 the `max` count of `memory.events`).
+    /// How often a charge hit a hard limit (v2: the `max` count of `memory.events`).
+    ///
+    /// v1: `memory.failcnt` plus, with swap accounting, `memory.memsw.failcnt`.
+    /// Caution, measured on 6.18: when `memsw.limit == limit` (no swap allowed) a group
+    /// can be OOM-killed with both counters still 0; [`MemoryCgroup::oom_kills`] is the
+    /// reliable signal that the limit was enforced.
     pub fn failcnt(&self) -> Result<u64, Error> {
         match self.version {
-            CgroupVersion::V1 => self.read_with("memory.failcnt", parse_u64),
+            CgroupVersion::V1 => {
+                let mem = self.read_with("memory.failcnt", parse_u64)?;
+                let memsw = match self.read_with("memory.memsw.failcnt", parse_u64) {
+                    Err(Error::NotFound { .. }) => 0,
+                    other => other?,
+                };
+                Ok(mem + memsw)
+            }
             CgroupVersion::V2 => Ok(self.read_with("memory.events", parse_events)?.max),
+        }
+    }
+
+    /// How many processes of the group the OOM killer killed (v1: `oom_kill` of
+    /// `memory.oom_control`; v2: `oom_kill` of `memory.events`).
+    pub fn oom_kills(&self) -> Result<u64, Error> {
+        match self.version {
+            CgroupVersion::V1 => self.read_with("memory.oom_control", |text| {
+                let stat = parse_memory_stat(text)?;
+                stat.get("oom_kill")
+                    .ok_or_else(|| "no oom_kill line".to_string())
+            }),
+            CgroupVersion::V2 => Ok(self.read_with("memory.events", parse_events)?.oom_kill),
         }
     }
 
@@ -676,7 +701,7 @@ mod tests {
             ("memory.max", "max\n"),
             ("memory.swap.current", "4096\n"),
             ("memory.swap.max", "max\n"),
-            ("memory.events", "low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\n"),
+            ("memory.events", "low 0\nhigh 0\nmax 7\noom 1\noom_kill 2\n"),
             ("memory.stat", "anon 8192\nfile 4096\nswapcached 0\n"),
             ("cgroup.procs", "12\n34\n"),
         ];
@@ -696,7 +721,8 @@ mod tests {
         assert_eq!(cg.swap_usage().unwrap(), 4096);
         assert_eq!(cg.swap_limit().unwrap(), None);
         assert_eq!(cg.failcnt().unwrap(), 7);
-        assert_eq!(cg.events().unwrap().unwrap().oom_kill, 1);
+        assert_eq!(cg.events().unwrap().unwrap().oom_kill, 2);
+        assert_eq!(cg.oom_kills().unwrap(), 2);
         let stat = cg.stat().unwrap();
         assert_eq!((stat.anon, stat.file, stat.swap), (8192, 4096, None));
         assert_eq!(cg.procs().unwrap(), vec![12, 34]);

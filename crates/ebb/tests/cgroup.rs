@@ -65,6 +65,7 @@ fn v1_limits_and_swap_ordering() {
     cg.set_limit(None).unwrap();
     assert_eq!(cg.limit().unwrap(), None);
     assert_eq!(cg.failcnt().unwrap(), 0);
+    assert_eq!(cg.oom_kills().unwrap(), 0);
     let stat = cg.stat().unwrap();
     assert_eq!(stat.swap, Some(0));
     assert_eq!(cg.swap_usage().unwrap(), 0);
