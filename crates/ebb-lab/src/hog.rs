@@ -359,9 +359,8 @@ impl Hog {
     }
 
     fn check(&mut self, cmd: &str) -> Result<Verify, Error> {
-        let sent = format!("{cmd}\n");
-        match self.request(cmd.trim()) {
-            Ok(w) => Ok(Verify::Ok(Hog::number(&sent, &w, 0)?)),
+        match self.request(cmd) {
+            Ok(w) => Ok(Verify::Ok(Hog::number(cmd, &w, 0)?)),
             Err(Error::Protocol { reply, .. }) if reply.starts_with("corrupt ") => {
                 let off =
                     reply["corrupt ".len()..]

@@ -237,7 +237,10 @@ impl Sandbox {
     /// after sweeping stale `ebb-*` groups (see [`sweep_stale`]).
     pub fn new(config: SandboxConfig) -> Result<Sandbox, Error> {
         let (version, root) = memory_root()?;
-        sweep_stale()?;
+        // A stale group we cannot remove must not stop new work: report it and go on.
+        if let Err(e) = sweep_stale() {
+            eprintln!("ebb-lab: sweeping stale sandboxes: {e}");
+        }
         if version == CgroupVersion::V2 {
             enable_v2_memory(&root)?;
         }
@@ -282,6 +285,7 @@ impl Sandbox {
     /// `cgroup.procs`) after `fork` and before `exec`, so no user code runs outside it.
     ///
     /// If joining fails, `spawn` fails with that error and the child never execs.
+    /// The hook stays on `cmd`: spawn a reused `Command` only through the same sandbox.
     /// (v1 has no `CLONE_INTO_CGROUP`; the pre-exec write works for v1 and v2 alike.)
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<Child> {
         let procs = self.procs_file.clone();

@@ -265,3 +265,77 @@ fn zram_exclusive_setup_and_status() {
     ));
     assert_eq!(zram::active_swaps().unwrap(), before);
 }
+
+/// Not a test on its own: `zram_crashed_shared_user_is_pruned` re-runs this test binary
+/// with `EBB_ZRAM_HELPER=1` to get a second process that joins the shared swap and
+/// then dies without releasing it. Without the variable it does nothing.
+#[test]
+fn zram_helper_child() {
+    if std::env::var_os("EBB_ZRAM_HELPER").is_none() {
+        return;
+    }
+    let swap = ZramSwap::shared(128 * MIB, "lz4").unwrap();
+    println!("ready {}", swap.device().display());
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn zram_crashed_shared_user_is_pruned() {
+    use std::io::BufRead;
+    if !have_zram() {
+        return;
+    }
+    let before = zram::active_swaps().unwrap();
+    let mut helper = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "zram_helper_child", "--nocapture"])
+        .env("EBB_ZRAM_HELPER", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(helper.stdout.take().unwrap()).lines();
+    let device = loop {
+        let line = lines.next().expect("helper printed ready").unwrap();
+        if let Some(dev) = line.strip_prefix("ready ") {
+            break PathBuf::from(dev);
+        }
+    };
+    assert!(zram::active_swaps().unwrap().contains(&device));
+    helper.kill().unwrap(); // crash: no Drop runs in the helper
+    helper.wait().unwrap();
+    assert!(
+        zram::active_swaps().unwrap().contains(&device),
+        "left behind by the crash"
+    );
+    // The next user prunes the dead pid, tears the stale device down and starts afresh.
+    let swap = ZramSwap::shared(128 * MIB, "lz4").unwrap();
+    assert!(zram::active_swaps().unwrap().contains(&swap.device()));
+    drop(swap);
+    assert_eq!(zram::active_swaps().unwrap(), before);
+}
+
+#[test]
+fn zram_lab_up_and_down() {
+    if !have_zram() {
+        return;
+    }
+    if let Some(status) = ebb_lab::Lab::status().unwrap() {
+        eprintln!("SKIP: a lab is already up on {status:?}; not touching it");
+        return;
+    }
+    let before = zram::active_swaps().unwrap();
+    let status = ebb_lab::Lab::up(256 * MIB, "lz4").unwrap();
+    assert_eq!(status.disksize, 256 * MIB);
+    assert!(zram::active_swaps().unwrap().contains(&status.device));
+    assert_eq!(
+        ebb_lab::Lab::status().unwrap().unwrap().device,
+        status.device
+    );
+    assert!(matches!(
+        ebb_lab::Lab::up(256 * MIB, "lz4"),
+        Err(zram::Error::AlreadyUp { .. })
+    ));
+    assert_eq!(ebb_lab::Lab::down().unwrap(), Some(status.device));
+    assert_eq!(ebb_lab::Lab::status().unwrap(), None);
+    assert_eq!(ebb_lab::Lab::down().unwrap(), None);
+    assert_eq!(zram::active_swaps().unwrap(), before);
+}
