@@ -441,6 +441,19 @@ impl VolatileRegion {
         }
     }
 
+    /// Discards the pages overlapping `range` (byte offsets) now, with `MADV_DONTNEED`: the
+    /// same outcome as reclaim discarding them (an empty page table entry), on demand. The
+    /// next pin reports them lost if they held data (in huge mode, the whole unit whose huge
+    /// page this splits). Needs `&mut self`, so the region is unpinned.
+    pub fn discard(&mut self, range: Range<usize>) {
+        let page = sys::page_size();
+        let start = (range.start.min(self.map_len) / page) * page;
+        let end = range.end.min(self.map_len).next_multiple_of(page);
+        if start < end {
+            self.zero(start, end);
+        }
+    }
+
     fn words(&self) -> *mut u64 {
         self.ptr.as_ptr().cast::<u64>()
     }
