@@ -274,6 +274,9 @@ fn thp_available() -> bool {
     })
 }
 
+/// How many pages ahead pin and unpin prefetch.
+const PREFETCH_PAGES: usize = 8;
+
 /// No sentinel: the page (or unit) was all zero at unpin.
 const NONE: u32 = u32::MAX;
 
@@ -302,6 +305,10 @@ pub struct VolatileRegion {
     sentinels: Vec<Sentinel>,
     /// Per unit in huge mode: whether it was PMD-mapped at unpin.
     huge_at_unpin: Vec<bool>,
+    /// Whether `huge_at_unpin` was refreshed by the last pin's scan.
+    huge_fresh: bool,
+    /// mincore(2) output, one byte per 4 KiB page.
+    residency: Vec<u8>,
     scratch: Vec<(usize, usize)>,
     stats: VolatileStats,
 }
@@ -387,6 +394,8 @@ impl VolatileRegion {
             } else {
                 Vec::new()
             },
+            huge_fresh: false,
+            residency: Vec::new(),
             scratch: Vec::new(),
             stats: VolatileStats {
                 bytes_unpinned: len as u64,
@@ -459,15 +468,34 @@ impl VolatileRegion {
     }
 
     /// Checks one sentinel at `word_index` (in words from the region start); true if intact.
-    fn check(&self, word_index: usize, s: Sentinel) -> bool {
+    /// `resident` is mincore's answer for its page, `None` where mincore was unavailable.
+    fn check(&self, word_index: usize, s: Sentinel, resident: Option<bool>) -> bool {
         // SAFETY: `word_index` is inside the mapping (the sentinel was found there), the
         // pointer is 8-byte aligned, and while pinning nothing else accesses the memory.
         let atom = unsafe { AtomicU64::from_ptr(self.words().add(word_index)) };
-        let now = atom.load(Ordering::Relaxed);
-        now == s.value
-            && atom
+        match resident {
+            // Discarded: not even the zero page gets mapped.
+            Some(false) => false,
+            // Present a moment ago: one exchange re-dirties it, or fails on a fresh zero
+            // page if reclaim discarded it since.
+            Some(true) => atom
                 .compare_exchange(s.value, s.value, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
+                .is_ok(),
+            // The load maps the zero page for a discarded page instead of allocating.
+            None => {
+                atom.load(Ordering::Relaxed) == s.value
+                    && atom
+                        .compare_exchange(s.value, s.value, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok()
+            }
+        }
+    }
+
+    /// Fills `self.residency` with mincore(2) for the whole mapping; false if it failed.
+    fn probe_residency(&mut self) -> bool {
+        let pages = self.sentinels.len();
+        self.residency.resize(pages, 0);
+        sys::mincore(self.ptr.as_ptr() as usize, self.map_len, &mut self.residency).is_ok()
     }
 
     /// Zeroes `[start, end)` (byte offsets) with MADV_DONTNEED, so that a page declared lost
@@ -497,9 +525,15 @@ impl VolatileRegion {
         };
         if self.purgeable {
             let wpp = page / 8;
+            // mincore answers residency for 4 KiB pages without touching them; huge units
+            // use the load (one per 2 MiB, cheaper than a syscall).
+            let need = self.huge_at_unpin.is_empty() || self.huge_at_unpin.iter().any(|h| !h);
+            let mincore = need && self.probe_residency();
+            let res = |i: usize| mincore.then(|| self.residency[i] & 1 == 1);
             if self.huge_at_unpin.is_empty() {
                 for (i, s) in self.sentinels.iter().enumerate() {
-                    if s.word != NONE && !self.check(i * wpp + s.word as usize, *s) {
+                    self.prefetch(i + PREFETCH_PAGES, true);
+                    if s.word != NONE && !self.check(i * wpp + s.word as usize, *s, res(i)) {
                         push(&mut lost, i * page, (i + 1) * page);
                     }
                 }
@@ -510,7 +544,7 @@ impl VolatileRegion {
                     let first = u * ppu;
                     if huge {
                         let s = self.sentinels[first];
-                        if s.word != NONE && !self.check(first * wpp + s.word as usize, s) {
+                        if s.word != NONE && !self.check(first * wpp + s.word as usize, s, Some(true)) {
                             unit_lost[u] = true;
                             push(
                                 &mut lost,
@@ -522,7 +556,7 @@ impl VolatileRegion {
                         let last = ((u + 1) * ppu).min(self.sentinels.len());
                         for i in first..last {
                             let s = self.sentinels[i];
-                            if s.word != NONE && !self.check(i * wpp + s.word as usize, s) {
+                            if s.word != NONE && !self.check(i * wpp + s.word as usize, s, res(i)) {
                                 push(&mut lost, i * page, (i + 1) * page);
                             }
                         }
@@ -530,26 +564,27 @@ impl VolatileRegion {
                 }
                 // After the exchanges: a unit recorded huge must still be PMD-mapped, or it
                 // may have been split and lost 4 KiB pieces the sentinel does not cover.
+                // The same scan tells the next unpin which units are huge.
+                let base = self.ptr.as_ptr() as usize;
+                let mut ranges = std::mem::take(&mut self.scratch);
+                ranges.clear();
+                let ok = pagemap::huge_ranges(base, base + self.map_len, &mut ranges).is_ok();
                 let mut split = Vec::new();
-                if self.huge_at_unpin.iter().any(|h| *h) {
-                    let base = self.ptr.as_ptr() as usize;
-                    let mut ranges = std::mem::take(&mut self.scratch);
-                    ranges.clear();
-                    let ok = pagemap::huge_ranges(base, base + self.map_len, &mut ranges).is_ok();
-                    for (u, &huge) in self.huge_at_unpin.iter().enumerate() {
-                        if !huge || unit_lost[u] || self.sentinels[u * ppu].word == NONE {
-                            continue;
-                        }
-                        let (s, e) = (base + u * self.unit, base + (u + 1) * self.unit);
-                        if !(ok && ranges.iter().any(|&(rs, re)| rs <= s && e <= re)) {
-                            split.push(u);
-                        }
+                for u in 0..self.huge_at_unpin.len() {
+                    let (s, e) = (base + u * self.unit, base + (u + 1) * self.unit);
+                    let now = ok && ranges.iter().any(|&(rs, re)| rs <= s && e <= re);
+                    let data = self.sentinels[u * ppu].word != NONE;
+                    if self.huge_at_unpin[u] && data && !unit_lost[u] && !now {
+                        split.push(u);
                     }
-                    self.scratch = ranges;
+                    self.huge_at_unpin[u] = now;
                 }
+                self.huge_fresh = ok;
+                self.scratch = ranges;
                 for u in split {
                     let (s, e) = (u * self.unit, ((u + 1) * self.unit).min(self.map_len));
                     self.zero(s, e);
+                    self.huge_at_unpin[u] = false;
                     push(&mut lost, s, e);
                 }
                 lost.sort_by_key(|r| r.start);
@@ -583,6 +618,28 @@ impl VolatileRegion {
         lost
     }
 
+    /// Starts loading the first cache line of page `page` (if inside the mapping), for
+    /// writing if `write`: the page walks and cache misses of the pages ahead then overlap
+    /// with the work on this one (an exchange is serialising, so it cannot overlap itself).
+    /// A prefetch never faults and never maps anything.
+    #[inline(always)]
+    fn prefetch(&self, page: usize, write: bool) {
+        #[cfg(target_arch = "x86_64")]
+        if page < self.sentinels.len() {
+            use std::arch::x86_64::{_MM_HINT_ET0, _MM_HINT_T0, _mm_prefetch};
+            let p = self.ptr.as_ptr().wrapping_add(page * sys::page_size()).cast::<i8>().cast_const();
+            if write {
+                // SAFETY: prefetching is a hint: it never faults and changes no memory.
+                unsafe { _mm_prefetch::<_MM_HINT_ET0>(p) };
+            } else {
+                // SAFETY: as above.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(p) };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (page, write);
+    }
+
     /// Finds the first non-zero word in `[from, to)` (word indices), relative to `from`.
     fn first_nonzero(&self, from: usize, to: usize) -> Sentinel {
         // SAFETY: `[from, to)` is inside the mapping, aligned, and no mutable reference
@@ -610,19 +667,28 @@ impl VolatileRegion {
             let wpp = page / 8;
             if self.huge_at_unpin.is_empty() {
                 for i in 0..self.sentinels.len() {
+                    self.prefetch(i + PREFETCH_PAGES, false);
                     self.sentinels[i] = self.first_nonzero(i * wpp, (i + 1) * wpp);
                 }
             } else {
-                let base = self.ptr.as_ptr() as usize;
-                self.scratch.clear();
-                let mut ranges = std::mem::take(&mut self.scratch);
-                let ok = pagemap::huge_ranges(base, base + self.map_len, &mut ranges).is_ok();
+                // The pin's scan is fresh enough; the first unpin (or one after a failed scan)
+                // asks the kernel. A unit split while pinned is caught by the next pin's scan.
+                if !self.huge_fresh {
+                    let base = self.ptr.as_ptr() as usize;
+                    let mut ranges = std::mem::take(&mut self.scratch);
+                    ranges.clear();
+                    let ok = pagemap::huge_ranges(base, base + self.map_len, &mut ranges).is_ok();
+                    for u in 0..self.huge_at_unpin.len() {
+                        let (s, e) = (base + u * self.unit, base + (u + 1) * self.unit);
+                        self.huge_at_unpin[u] = ok && ranges.iter().any(|&(rs, re)| rs <= s && e <= re);
+                    }
+                    self.scratch = ranges;
+                }
+                self.huge_fresh = false;
                 let ppu = self.unit / page;
                 let pages = self.sentinels.len();
                 for u in 0..self.huge_at_unpin.len() {
-                    let (s, e) = (base + u * self.unit, base + (u + 1) * self.unit);
-                    let huge = ok && ranges.iter().any(|&(rs, re)| rs <= s && e <= re);
-                    self.huge_at_unpin[u] = huge;
+                    let huge = self.huge_at_unpin[u];
                     let first = u * ppu;
                     let last = ((u + 1) * ppu).min(pages);
                     if huge {
@@ -633,7 +699,6 @@ impl VolatileRegion {
                         }
                     }
                 }
-                self.scratch = ranges;
             }
             // SAFETY: no reference into the mapping exists (the guard is gone) and the
             // region owns it; losing its contents is what unpinned means.

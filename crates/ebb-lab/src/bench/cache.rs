@@ -1,0 +1,1 @@
+//! `ebb bench cache` (in progress).
