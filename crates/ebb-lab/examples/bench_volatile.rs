@@ -8,7 +8,10 @@ fn main() {
     };
     match ebb_lab::bench::volatile::run(&opts) {
         Ok(report) if args.iter().any(|a| a == "--json") => {
-            println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("report serialises")
+            );
         }
         Ok(report) => print!("{}", report.render()),
         Err(e) => {

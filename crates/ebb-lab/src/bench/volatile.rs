@@ -97,6 +97,10 @@ pub struct CycleCosts {
     pub ebb_unpin_4k_ns: f64,
     /// The cookie scheme's unpin alone.
     pub cookie_unpin_4k_ns: f64,
+    /// ebb's unpin alone, THP units.
+    pub ebb_unpin_thp_ns: f64,
+    /// The floor's MADV_FREE alone, THP.
+    pub floor_free_thp_ns: f64,
     /// Bytes per region.
     pub region_bytes: usize,
     /// Rounds (each timing every scheme once).
@@ -170,8 +174,10 @@ impl Report {
             ("floor, THP", c.floor_thp_ns),
             ("ebb unpin only, 4 KiB", c.ebb_unpin_4k_ns),
             ("cookie unpin only, 4 KiB", c.cookie_unpin_4k_ns),
+            ("ebb unpin only, THP", c.ebb_unpin_thp_ns),
+            ("floor MADV_FREE only, THP", c.floor_free_thp_ns),
         ] {
-            s.push_str(&format!("  {name:<28} {v:>9.1}\n"));
+            s.push_str(&format!("  {name:<28} {v:>9.2}\n"));
         }
         s.push_str(&format!(
             "ratios: to floor 4k {:.3} (target <= 1.2), to floor THP {:.3} (target <= 1.2), to cookie {:.3}, unpin to cookie {:.3} (target < 1), to DONTNEED {:.3}\n",
@@ -192,7 +198,11 @@ impl Report {
 /// Runs the benchmark.
 pub fn run(opts: &Options) -> Result<Report, Error> {
     let cycle = cycle_costs(opts)?;
-    let torture = if opts.torture { torture(opts)? } else { Torture::default() };
+    let torture = if opts.torture {
+        torture(opts)?
+    } else {
+        Torture::default()
+    };
     Ok(Report {
         ratio_to_floor_4k: cycle.ebb_4k_ns / cycle.floor_4k_ns,
         ratio_to_floor_thp: cycle.ebb_thp_ns / cycle.floor_thp_ns,
@@ -218,7 +228,11 @@ fn fill_page(page: &mut [u8], seed: u64, index: usize) {
     let base = splitmix(seed ^ splitmix(index as u64));
     let zeros = (base % 4) as usize * 8;
     for (k, w) in page.chunks_mut(8).enumerate() {
-        let v = if k < zeros { 0 } else { splitmix(base ^ k as u64) | 1 };
+        let v = if k < zeros {
+            0
+        } else {
+            splitmix(base ^ k as u64) | 1
+        };
         w.copy_from_slice(&v.to_le_bytes()[..w.len()]);
     }
 }
@@ -226,7 +240,8 @@ fn fill_page(page: &mut [u8], seed: u64, index: usize) {
 fn page_hash(page: &[u8]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     for w in page.chunks_exact(8) {
-        h = (h ^ u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]])).wrapping_mul(0x100_0000_01b3);
+        h = (h ^ u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]))
+            .wrapping_mul(0x100_0000_01b3);
     }
     h
 }
@@ -262,7 +277,13 @@ fn cycle_costs(opts: &Options) -> Result<CycleCosts, Error> {
     let mut ebb4 = vol(HugeMode::Never)?;
     let mut ebbh = vol(HugeMode::Huge)?;
     let plain = |huge: bool| -> Result<Region, Error> {
-        let mut r = Region::with_options(bytes, &RegionOptions { huge, ..RegionOptions::default() })?;
+        let mut r = Region::with_options(
+            bytes,
+            &RegionOptions {
+                huge,
+                ..RegionOptions::default()
+            },
+        )?;
         if !huge {
             r.advise(.., Advice::NoHugePage)?;
         }
@@ -273,14 +294,35 @@ fn cycle_costs(opts: &Options) -> Result<CycleCosts, Error> {
     let mut floorh = plain(true)?;
     let mut cookie = plain(false)?;
     let mut dontneed = plain(false)?;
-    let floor4_words: Vec<u64> = (0..pages).map(|i| word(floor4.as_ptr(), i * PAGE).load(Ordering::Relaxed)).collect();
-    let floorh_words: Vec<u64> =
-        (0..bytes / hpage).map(|i| word(floorh.as_ptr(), i * hpage).load(Ordering::Relaxed)).collect();
+    let floor4_words: Vec<u64> = (0..pages)
+        .map(|i| word(floor4.as_ptr(), i * PAGE).load(Ordering::Relaxed))
+        .collect();
+    let floorh_words: Vec<u64> = (0..bytes / hpage)
+        .map(|i| word(floorh.as_ptr(), i * hpage).load(Ordering::Relaxed))
+        .collect();
     let mut saved = vec![0u64; pages];
     const COOKIE: u64 = 0xc00c_1e5a_fe0d_dba1;
 
-    let (mut t_ebb4, mut t_ebbh, mut t_floor4, mut t_floorh, mut t_cookie, mut t_dn, mut t_ebb_unpin, mut t_cookie_unpin) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (
+        mut t_ebb4,
+        mut t_ebbh,
+        mut t_floor4,
+        mut t_floorh,
+        mut t_cookie,
+        mut t_dn,
+        mut t_ebb_unpin,
+        mut t_cookie_unpin,
+    ) = (
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+        vec![],
+    );
+    let (mut t_ebbh_unpin, mut t_floorh_free) = (vec![], vec![]);
     let per_page = |d: Duration| d.as_nanos() as f64 / (cycles * pages) as f64;
     for _ in 0..rounds {
         // ebb, 4 KiB units (and its unpin alone).
@@ -300,7 +342,12 @@ fn cycle_costs(opts: &Options) -> Result<CycleCosts, Error> {
         for _ in 0..cycles {
             floor4.advise_mut(.., Advice::Free)?;
             for (i, w) in floor4_words.iter().enumerate() {
-                let _ = std::hint::black_box(word(floor4.as_ptr(), i * PAGE).compare_exchange(*w, *w, Ordering::Relaxed, Ordering::Relaxed));
+                let _ = std::hint::black_box(word(floor4.as_ptr(), i * PAGE).compare_exchange(
+                    *w,
+                    *w,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ));
             }
         }
         t_floor4.push(per_page(t.elapsed()));
@@ -317,7 +364,9 @@ fn cycle_costs(opts: &Options) -> Result<CycleCosts, Error> {
             unpin += u.elapsed();
             for (i, s) in saved.iter().enumerate() {
                 let w = word(cookie.as_ptr(), i * PAGE);
-                if w.compare_exchange(COOKIE, *s, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+                if w.compare_exchange(COOKIE, *s, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+                {
                     // Discarded: a real user would regenerate; never happens without pressure.
                     std::hint::black_box(i);
                 }
@@ -334,22 +383,36 @@ fn cycle_costs(opts: &Options) -> Result<CycleCosts, Error> {
         }
         t_dn.push(per_page(t.elapsed()));
 
-        // ebb, THP units.
+        // ebb, THP units (and its unpin alone).
+        let mut unpin = Duration::ZERO;
         let t = Instant::now();
         for _ in 0..cycles {
-            drop(ebbh.pin().unwrap_or_else(|p| p.into_pinned()));
+            let g = ebbh.pin().unwrap_or_else(|p| p.into_pinned());
+            let u = Instant::now();
+            drop(g);
+            unpin += u.elapsed();
         }
         t_ebbh.push(per_page(t.elapsed()));
+        t_ebbh_unpin.push(per_page(unpin));
 
         // Floor, THP: one exchange per 2 MiB page.
+        let mut free = Duration::ZERO;
         let t = Instant::now();
         for _ in 0..cycles {
+            let u = Instant::now();
             floorh.advise_mut(.., Advice::Free)?;
+            free += u.elapsed();
             for (i, w) in floorh_words.iter().enumerate() {
-                let _ = std::hint::black_box(word(floorh.as_ptr(), i * hpage).compare_exchange(*w, *w, Ordering::Relaxed, Ordering::Relaxed));
+                let _ = std::hint::black_box(word(floorh.as_ptr(), i * hpage).compare_exchange(
+                    *w,
+                    *w,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ));
             }
         }
         t_floorh.push(per_page(t.elapsed()));
+        t_floorh_free.push(per_page(free));
     }
     let _ = (&mut cookie, &mut floorh);
     Ok(CycleCosts {
@@ -361,6 +424,8 @@ fn cycle_costs(opts: &Options) -> Result<CycleCosts, Error> {
         floor_thp_ns: median(&mut t_floorh),
         ebb_unpin_4k_ns: median(&mut t_ebb_unpin),
         cookie_unpin_4k_ns: median(&mut t_cookie_unpin),
+        ebb_unpin_thp_ns: median(&mut t_ebbh_unpin),
+        floor_free_thp_ns: median(&mut t_floorh_free),
         region_bytes: bytes,
         rounds,
     })
@@ -383,7 +448,10 @@ impl Inside {
             swap_limit: Some(0),
         })?;
         sandbox.add(pid)?;
-        Ok(Inside { home, sandbox: Some(sandbox) })
+        Ok(Inside {
+            home,
+            sandbox: Some(sandbox),
+        })
     }
 
     fn sandbox(&self) -> &Sandbox {
@@ -408,11 +476,18 @@ struct Shared {
 }
 
 /// One torture thread: `regions` regions of `bytes`, pinned in random order until `stop`.
-fn torture_thread(seed: u64, regions: usize, bytes: usize, huge: HugeMode, sh: &Shared) -> Result<(), Error> {
+fn torture_thread(
+    seed: u64,
+    regions: usize,
+    bytes: usize,
+    huge: HugeMode,
+    sh: &Shared,
+) -> Result<(), Error> {
     let mut rs = Vec::new();
     let mut sums = Vec::new();
     for r in 0..regions {
-        let mut region = VolatileRegion::with_options(bytes, &VolatileOptions { huge, name: None })?;
+        let mut region =
+            VolatileRegion::with_options(bytes, &VolatileOptions { huge, name: None })?;
         let s = seed.wrapping_mul(1000) + r as u64;
         let mut g = region.pin().unwrap_or_else(|p| p.into_pinned());
         let mut h = Vec::with_capacity(bytes / PAGE);
@@ -456,7 +531,8 @@ fn torture_thread(seed: u64, regions: usize, bytes: usize, huge: HugeMode, sh: &
             }
         }
         sh.pins.fetch_add(1, Ordering::Relaxed);
-        sh.page_pins.fetch_add((bytes / PAGE) as u64, Ordering::Relaxed);
+        sh.page_pins
+            .fetch_add((bytes / PAGE) as u64, Ordering::Relaxed);
         sh.pages_lost.fetch_add(lost_pages, Ordering::Relaxed);
         sh.corruptions.fetch_add(bad, Ordering::Relaxed);
     }
@@ -552,7 +628,11 @@ mod tests {
     /// squeeze, no corruption, and the squeeze must really have discarded pages.
     #[test]
     fn quick_torture_has_no_corruption() {
-        let t = torture(&Options { quick: true, ..Options::default() }).unwrap();
+        let t = torture(&Options {
+            quick: true,
+            ..Options::default()
+        })
+        .unwrap();
         eprintln!("{t:?}");
         assert!(t.page_pins >= 1_000_000, "{t:?}");
         assert_eq!(t.corruptions, 0, "{t:?}");
