@@ -775,6 +775,20 @@ impl VolatileRegion {
         GLOBAL.bytes_unpinned.fetch_add(len, Ordering::Relaxed);
     }
 
+    /// The memory, if the region is pinned (crate-internal: the cache keeps chunks pinned
+    /// between calls without holding a guard).
+    pub(crate) fn pinned_bytes(&self) -> Option<&[u8]> {
+        // SAFETY: pinned, and `&self` excludes every writer (unpinning needs `&mut self`).
+        self.pinned.then(|| unsafe { self.slice_unchecked() })
+    }
+
+    /// The memory, mutably, if the region is pinned.
+    pub(crate) fn pinned_bytes_mut(&mut self) -> Option<&mut [u8]> {
+        // SAFETY: pinned, and `&mut self` makes this the only reference into the mapping
+        // until it ends; nothing can unpin meanwhile.
+        self.pinned.then(|| unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) })
+    }
+
     /// The memory as a slice, for a pinned region (crate-internal: [`SharedVolatile`]).
     ///
     /// # Safety
