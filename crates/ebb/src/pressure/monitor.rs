@@ -482,6 +482,11 @@ fn run(shared: &Shared, epoll: &OwnedFd, waker: &OwnedFd, start: Instant, option
             }
             let id = SourceId((data >> 8) as u32);
             let sub = (data & 0xff) as u32;
+            if ended.contains(&id) {
+                // Another fd of a registration that has just ended (v1 signals all three
+                // eventfds on rmdir): one ending event is enough.
+                continue;
+            }
             if !regs.contains_key(&id) {
                 take_pending(&mut regs);
             }
@@ -496,7 +501,7 @@ fn run(shared: &Shared, epoll: &OwnedFd, waker: &OwnedFd, start: Instant, option
             }
         }
         for (id, entry) in regs.iter_mut() {
-            if entry.io.deadline().is_some_and(|d| d <= now) {
+            if !ended.contains(id) && entry.io.deadline().is_some_and(|d| d <= now) {
                 let outcome = entry.io.on_timer(now);
                 if handle(shared, start, options, *id, entry, outcome, now) {
                     ended.push(*id);
@@ -505,7 +510,6 @@ fn run(shared: &Shared, epoll: &OwnedFd, waker: &OwnedFd, start: Instant, option
         }
         for id in ended {
             regs.remove(&id);
-            lock(&shared.sources).remove(&id);
         }
     }
     // `regs` drops here: every trigger fd, eventfd and file of every registration closes.
@@ -536,6 +540,10 @@ fn handle(
             true,
         ),
     };
+    if end {
+        // Listed no more by the time anyone sees the ending event.
+        lock(&shared.sources).remove(&id);
+    }
     deliver(
         shared,
         &Event {

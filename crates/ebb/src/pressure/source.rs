@@ -627,6 +627,13 @@ impl Io {
 
     /// A timed registration's deadline has passed.
     pub(crate) fn on_timer(&mut self, now: Instant) -> Outcome {
+        // A removed v2 cgroup's files fail to read (ENODEV), but an unlinked regular file
+        // (a fake tree) still reads: look for the directory too, one stat per tick.
+        if self.deadline().is_some() && !self.anchor().exists() {
+            return Outcome::End(Detail::Removed {
+                path: self.anchor().to_path_buf(),
+            });
+        }
         match self {
             Io::V2Events {
                 polled: Some((interval, next)),
