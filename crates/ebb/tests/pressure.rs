@@ -696,3 +696,41 @@ fn v1_watermark_follows_a_changed_limit() {
     });
     assert!(seen.iter().any(|e| e.level == Level::Critical), "{seen:?}");
 }
+
+#[test]
+fn auto_for_this_process_names_every_choice() {
+    let m = Monitor::auto().unwrap();
+    assert!(m.choices().iter().any(|c| c.picked), "{:?}", m.choices());
+    for c in m.choices() {
+        assert!(!c.why.is_empty(), "{c:?}");
+    }
+    let picked = m.choices().iter().filter(|c| c.picked).count();
+    assert_eq!(m.sources().len(), picked);
+    // Shared with the heap and the cache across threads.
+    fn shareable<T: Send + Sync>(_: &T) {}
+    shareable(&m);
+}
+
+#[test]
+fn fake_v2_memory_pressure_that_cannot_be_polled_is_not_psi() {
+    let dir = tempfile::tempdir().unwrap();
+    fake_v2(dir.path(), 1, "100");
+    std::fs::write(
+        dir.path().join("memory.pressure"),
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+    )
+    .unwrap();
+    let m = Monitor::new().unwrap();
+    let err = m
+        .add(Source::psi_cgroup(
+            dir.path(),
+            Stall::Full,
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+        ))
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::NotPsi { path, .. } if path.ends_with("memory.pressure")),
+        "{err}"
+    );
+}
