@@ -700,6 +700,9 @@ fn v1_watermark_follows_a_changed_limit() {
 #[test]
 fn auto_for_this_process_names_every_choice() {
     let m = Monitor::auto().unwrap();
+    for c in m.choices() {
+        println!("{} {} picked={} ({})", c.kind, c.target.display(), c.picked, c.why);
+    }
     assert!(m.choices().iter().any(|c| c.picked), "{:?}", m.choices());
     for c in m.choices() {
         assert!(!c.why.is_empty(), "{c:?}");
