@@ -67,6 +67,22 @@ impl Table {
         self.rows.push(cells);
     }
 
+    /// Renders two-column rows as `key  value` lines, keys padded, no header.
+    pub fn render_pairs(&self) -> String {
+        let width = self
+            .rows
+            .iter()
+            .map(|r| r[0].chars().count())
+            .max()
+            .unwrap_or(0);
+        let mut out = String::new();
+        for r in &self.rows {
+            let value = r.get(1).map_or("", String::as_str);
+            let _ = writeln!(out, "{:<width$}  {value}", r[0]);
+        }
+        out
+    }
+
     /// Renders the table.
     pub fn render(&self) -> String {
         let cols = self.header.len();

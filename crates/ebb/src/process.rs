@@ -270,6 +270,13 @@ impl Process {
         }
         out.map_err(|source| match source {
             procfs::Error::NoProcess { .. } => Error::ProcessGone { pid: self.pid },
+            procfs::Error::Io { source: e, .. } if e.kind() == io::ErrorKind::PermissionDenied => {
+                Error::Permission {
+                    pid: self.pid,
+                    action: "read the memory map of",
+                    capability: "CAP_SYS_PTRACE (or the same user as the target)",
+                }
+            }
             source => Error::Proc {
                 pid: self.pid,
                 source,

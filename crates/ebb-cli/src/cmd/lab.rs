@@ -35,6 +35,16 @@ pub enum LabCommand {
     },
 }
 
+/// The compression ratio, once there is enough data for it to mean something: an almost
+/// empty device reports its allocator's fixed overhead, not compression.
+fn ratio(s: &ZramStatus) -> Option<f64> {
+    if s.orig_data_size < 1 << 20 {
+        None
+    } else {
+        s.compression_ratio()
+    }
+}
+
 fn status_json(s: &ZramStatus) -> serde_json::Value {
     json!({
         "device": s.device,
@@ -43,7 +53,7 @@ fn status_json(s: &ZramStatus) -> serde_json::Value {
         "orig_data_bytes": s.orig_data_size,
         "compr_data_bytes": s.compr_data_size,
         "mem_used_bytes": s.mem_used_total,
-        "compression_ratio": s.compression_ratio(),
+        "compression_ratio": ratio(s),
     })
 }
 
@@ -55,8 +65,7 @@ fn print_status(s: &ZramStatus) {
         s.algorithm.as_deref().unwrap_or("?"),
         bytes(s.orig_data_size),
         bytes(s.mem_used_total),
-        s.compression_ratio()
-            .map_or("-".to_string(), |r| format!("{r:.2}"))
+        ratio(s).map_or("-".to_string(), |r| format!("{r:.2}"))
     );
 }
 

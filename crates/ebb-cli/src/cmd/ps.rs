@@ -153,7 +153,12 @@ pub fn run(args: Args) -> Result<()> {
     }
     print!("{}", t.render());
     if unreadable > 0 {
-        eprintln!("({unreadable} processes could not be read: run as root to see them)");
+        let who = if rustix::process::geteuid().is_root() {
+            "the kernel refuses some even to root, e.g. pid 1's smaps_rollup"
+        } else {
+            "run as root to see them"
+        };
+        eprintln!("({unreadable} processes could not be read: {who})");
     }
     Ok(())
 }

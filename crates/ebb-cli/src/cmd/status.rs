@@ -142,13 +142,6 @@ pub fn run(args: Args) -> Result<()> {
             yes(p.cap_sys_admin)
         ),
     ]);
-    print!(
-        "{}",
-        t.render()
-            .lines()
-            .skip(1)
-            .map(|l| format!("{l}\n"))
-            .collect::<String>()
-    );
+    print!("{}", t.render_pairs());
     Ok(())
 }

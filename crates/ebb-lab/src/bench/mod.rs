@@ -1,5 +1,6 @@
-//! Benchmarks: each module exposes `Options`, `run(&Options) -> Result<Report, Error>` and a
-//! serialisable `Report` with `render()`; `ebb bench <name>` wires them to the command line.
+//! Benchmarks behind `ebb bench <name>`: each module has `Options`, `run` and a
+//! serializable `Report` with a `render` table.
 
 pub mod cache;
+pub mod pressure;
 pub mod volatile;
