@@ -786,7 +786,8 @@ impl VolatileRegion {
     pub(crate) fn pinned_bytes_mut(&mut self) -> Option<&mut [u8]> {
         // SAFETY: pinned, and `&mut self` makes this the only reference into the mapping
         // until it ends; nothing can unpin meanwhile.
-        self.pinned.then(|| unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) })
+        self.pinned
+            .then(|| unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) })
     }
 
     /// The memory as a slice, for a pinned region (crate-internal: [`SharedVolatile`]).
