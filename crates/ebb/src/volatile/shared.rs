@@ -28,14 +28,17 @@ use std::fmt;
 use std::ops::{Deref, Range};
 use std::ptr::NonNull;
 
+// The report is plain shared data; only the synchronisation is modelled by loom.
+use std::sync::Arc;
+
 #[cfg(loom)]
 use loom::sync::{
-    Arc, Mutex,
+    Mutex,
     atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 #[cfg(not(loom))]
 use std::sync::{
-    Arc, Mutex,
+    Mutex,
     atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
@@ -328,6 +331,7 @@ mod tests {
 #[cfg(all(test, loom))]
 mod loom_model {
     use super::*;
+    use loom::sync::Arc;
     use loom::sync::atomic::AtomicUsize as LAtomic;
 
     /// A fake region: `pinned` must be true whenever a reader holds a pin; each epoch `n`
