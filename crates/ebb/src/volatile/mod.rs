@@ -45,12 +45,14 @@
 //! for a page that is gone, and then make it stay:
 //! 1. *Is it there?* The textbook way is a plain atomic load of the word: zero means the
 //!    page was discarded, and a load of a discarded page maps the shared zero page instead of
-//!    allocating. ebb asks mincore(2) for the whole region first instead (one call; it reads
-//!    the page tables and touches no page): a page it reports absent is lost, with nothing
-//!    mapped at all. Measured on the lab machine, the load costs a second page-table
-//!    assist per page (the accessed bit, then the dirty bit on the exchange: ~520 ns/page
-//!    against ~300 for the exchange alone), mincore ~10 ns/page. Where mincore fails, ebb
-//!    falls back to the load.
+//!    allocating. ebb asks mincore(2) for the whole region first (one call; it reads the page
+//!    tables and touches no page) and does the load only for pages mincore reports absent
+//!    (discarded, or, rarely, swapped out because `MADV_FREE` skipped a page it could not
+//!    lock: the load brings that one back intact). A page reported present goes straight to
+//!    step 2. Measured on the lab machine, the load costs a second page-table assist per
+//!    page (the accessed bit, then the dirty bit on the exchange: ~520 ns/page against ~300
+//!    for the exchange alone), mincore ~10 ns/page. Where mincore fails, every page gets the
+//!    load.
 //! 2. *Make it stay*: `compare_exchange(v, v)`, a write of the same value, which sets the
 //!    dirty bit if the page is still there, so reclaim will never discard it again, or, if
 //!    reclaim discarded it since step 1, faults in a fresh zero page and fails.
@@ -487,15 +489,15 @@ impl VolatileRegion {
         // pointer is 8-byte aligned, and while pinning nothing else accesses the memory.
         let atom = unsafe { AtomicU64::from_ptr(self.words().add(word_index)) };
         match resident {
-            // Discarded: not even the zero page gets mapped.
-            Some(false) => false,
             // Present a moment ago: one exchange re-dirties it, or fails on a fresh zero
             // page if reclaim discarded it since.
             Some(true) => atom
                 .compare_exchange(s.value, s.value, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok(),
-            // The load maps the zero page for a discarded page instead of allocating.
-            None => {
+            // Absent (discarded, or, rarely, swapped out: a page MADV_FREE skipped), or
+            // unknown: the load maps the zero page for a discarded page instead of
+            // allocating, and brings back a swapped one.
+            Some(false) | None => {
                 atom.load(Ordering::Relaxed) == s.value
                     && atom
                         .compare_exchange(s.value, s.value, Ordering::Relaxed, Ordering::Relaxed)
