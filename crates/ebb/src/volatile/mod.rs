@@ -74,11 +74,13 @@
 //! The argument only holds while the unit stays PMD-mapped: a THP split while unpinned
 //! (partial madvise, migration, an older kernel's reclaim splitting the PMD first) turns into
 //! 512 independent lazyfree pages, of which the sentinel covers one. ebb therefore asks the
-//! kernel which units are PMD-mapped (the `PAGEMAP_SCAN` ioctl, Linux 6.7, `PAGE_IS_HUGE`):
-//! at unpin, a unit that is not (THP allocation failed, or the tail of the region) is
-//! recorded page by page like 4 KiB mode; at pin, *after* the exchange, a unit recorded as
-//! huge that is no longer PMD-mapped is declared lost and zeroed (`MADV_DONTNEED`), which is
-//! conservative but never wrong. Where `PAGEMAP_SCAN` is missing, huge mode is not used.
+//! kernel which units are PMD-mapped (the `PAGEMAP_SCAN` ioctl, Linux 6.7, `PAGE_IS_HUGE`),
+//! once per pin, *after* the exchanges: a unit recorded as huge that is no longer PMD-mapped
+//! is declared lost and zeroed (`MADV_DONTNEED`), which is conservative but never wrong. The
+//! same scan tells the next unpin how to record each unit: a unit that is not PMD-mapped (THP
+//! allocation failed, or the tail of the region) is recorded page by page like 4 KiB mode
+//! (the unpin scans again if a full unit was not huge, e.g. memory first touched while
+//! pinned). Where `PAGEMAP_SCAN` is missing, huge mode is not used.
 //!
 //! *Pinning a huge unit* goes straight to the exchange (no load, no mincore: at 2 MiB per
 //! unit the floor is ~0.5 ns per 4 KiB page and each extra step showed up as 20-35% of it).
@@ -105,9 +107,11 @@
 //! - **userfaultfd**: a missing-page handler registered on the range fills discarded pages
 //!   with whatever it likes instead of zero; a sentinel that the handler restores hides the
 //!   loss. Do not register volatile regions with userfaultfd.
-//! - **fork**: a child shares the pages copy-on-write; a folio mapped twice is not discarded
-//!   (its map count is above one), so the region is not purgeable until one side writes or
-//!   exits. The child inherits the region in its unpinned state; pinning it there is correct.
+//! - **fork**: `madvise_free_pte_range` skips folios mapped by more than one process, so a
+//!   region unpinned while a child still shares its pages copy-on-write is silently not
+//!   purgeable (until the next unpin after the sharing ends). A fork while the region is
+//!   unpinned leaves both processes with lazily freed pages; each side's pin checks them
+//!   correctly (the pagemap descriptor is reopened in the child).
 //! - **KSM**: merged pages are not anonymous-exclusive and are never discarded.
 //! - **khugepaged**: collapsing 4 KiB pages into a THP copies them into a new, dirty folio, so
 //!   the region stops being purgeable until the next unpin. 4 KiB-mode regions are marked
