@@ -105,6 +105,10 @@ pub struct CycleCosts {
     pub region_bytes: usize,
     /// Rounds (each timing every scheme once).
     pub rounds: usize,
+    /// 2 MiB units of the ebb THP region backed by huge pages at the end.
+    pub thp_units_ebb: usize,
+    /// 2 MiB units of the floor's THP region backed by huge pages at the end (smaps).
+    pub thp_units_floor: usize,
 }
 
 /// The torture run's counters.
@@ -179,6 +183,12 @@ impl Report {
         ] {
             s.push_str(&format!("  {name:<28} {v:>9.2}\n"));
         }
+        s.push_str(&format!(
+            "  THP-backed 2 MiB units: ebb {} floor {} of {}\n",
+            c.thp_units_ebb,
+            c.thp_units_floor,
+            c.region_bytes >> 21
+        ));
         s.push_str(&format!(
             "ratios: to floor 4k {:.3} (target <= 1.2), to floor THP {:.3} (target <= 1.2), to cookie {:.3}, unpin to cookie {:.3} (target < 1), to DONTNEED {:.3}\n",
             self.ratio_to_floor_4k,
@@ -324,97 +334,116 @@ fn cycle_costs(opts: &Options) -> Result<CycleCosts, Error> {
     );
     let (mut t_ebbh_unpin, mut t_floorh_free) = (vec![], vec![]);
     let per_page = |d: Duration| d.as_nanos() as f64 / (cycles * pages) as f64;
-    for _ in 0..rounds {
-        // ebb, 4 KiB units (and its unpin alone).
-        let mut unpin = Duration::ZERO;
-        let t = Instant::now();
-        for _ in 0..cycles {
-            let g = ebb4.pin().unwrap_or_else(|p| p.into_pinned());
-            let u = Instant::now();
-            drop(g);
-            unpin += u.elapsed();
-        }
-        t_ebb4.push(per_page(t.elapsed()));
-        t_ebb_unpin.push(per_page(unpin));
-
-        // Floor, 4 KiB.
-        let t = Instant::now();
-        for _ in 0..cycles {
-            floor4.advise_mut(.., Advice::Free)?;
-            for (i, w) in floor4_words.iter().enumerate() {
-                let _ = std::hint::black_box(word(floor4.as_ptr(), i * PAGE).compare_exchange(
-                    *w,
-                    *w,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ));
-            }
-        }
-        t_floor4.push(per_page(t.elapsed()));
-
-        // Cookie (Chromium).
-        let mut unpin = Duration::ZERO;
-        let t = Instant::now();
-        for _ in 0..cycles {
-            let u = Instant::now();
-            for (i, s) in saved.iter_mut().enumerate() {
-                *s = word(cookie.as_ptr(), i * PAGE).swap(COOKIE, Ordering::Relaxed);
-            }
-            cookie.advise_mut(.., Advice::Free)?;
-            unpin += u.elapsed();
-            for (i, s) in saved.iter().enumerate() {
-                let w = word(cookie.as_ptr(), i * PAGE);
-                if w.compare_exchange(COOKIE, *s, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_err()
-                {
-                    // Discarded: a real user would regenerate; never happens without pressure.
-                    std::hint::black_box(i);
+    for round in 0..rounds {
+        // Each scheme takes every position in the order equally often.
+        for k in 0..6 {
+            match (round + k) % 6 {
+                0 => {
+                    // ebb, 4 KiB units (and its unpin alone).
+                    let mut unpin = Duration::ZERO;
+                    let t = Instant::now();
+                    for _ in 0..cycles {
+                        let g = ebb4.pin().unwrap_or_else(|p| p.into_pinned());
+                        let u = Instant::now();
+                        drop(g);
+                        unpin += u.elapsed();
+                    }
+                    t_ebb4.push(per_page(t.elapsed()));
+                    t_ebb_unpin.push(per_page(unpin));
                 }
+                1 => {
+                    // Floor, 4 KiB.
+                    let t = Instant::now();
+                    for _ in 0..cycles {
+                        floor4.advise_mut(.., Advice::Free)?;
+                        for (i, w) in floor4_words.iter().enumerate() {
+                            let _ = std::hint::black_box(
+                                word(floor4.as_ptr(), i * PAGE).compare_exchange(
+                                    *w,
+                                    *w,
+                                    Ordering::Relaxed,
+                                    Ordering::Relaxed,
+                                ),
+                            );
+                        }
+                    }
+                    t_floor4.push(per_page(t.elapsed()));
+                }
+                2 => {
+                    // Cookie (Chromium).
+                    let mut unpin = Duration::ZERO;
+                    let t = Instant::now();
+                    for _ in 0..cycles {
+                        let u = Instant::now();
+                        for (i, s) in saved.iter_mut().enumerate() {
+                            *s = word(cookie.as_ptr(), i * PAGE).swap(COOKIE, Ordering::Relaxed);
+                        }
+                        cookie.advise_mut(.., Advice::Free)?;
+                        unpin += u.elapsed();
+                        for (i, s) in saved.iter().enumerate() {
+                            let w = word(cookie.as_ptr(), i * PAGE);
+                            if w.compare_exchange(COOKIE, *s, Ordering::Relaxed, Ordering::Relaxed)
+                                .is_err()
+                            {
+                                // Discarded: a real user would regenerate; never happens without pressure.
+                                std::hint::black_box(i);
+                            }
+                        }
+                    }
+                    t_cookie.push(per_page(t.elapsed()));
+                    t_cookie_unpin.push(per_page(unpin));
+                }
+                3 => {
+                    // DONTNEED + regenerate.
+                    let t = Instant::now();
+                    for _ in 0..cycles {
+                        dontneed.advise_mut(.., Advice::DontNeed)?;
+                        fill(dontneed.as_mut_slice(), 1);
+                    }
+                    t_dn.push(per_page(t.elapsed()));
+                }
+                4 => {
+                    // ebb, THP units (and its unpin alone).
+                    let mut unpin = Duration::ZERO;
+                    let t = Instant::now();
+                    for _ in 0..cycles {
+                        let g = ebbh.pin().unwrap_or_else(|p| p.into_pinned());
+                        let u = Instant::now();
+                        drop(g);
+                        unpin += u.elapsed();
+                    }
+                    t_ebbh.push(per_page(t.elapsed()));
+                    t_ebbh_unpin.push(per_page(unpin));
+                }
+                5 => {
+                    // Floor, THP: one exchange per 2 MiB page.
+                    let mut free = Duration::ZERO;
+                    let t = Instant::now();
+                    for _ in 0..cycles {
+                        let u = Instant::now();
+                        floorh.advise_mut(.., Advice::Free)?;
+                        free += u.elapsed();
+                        for (i, w) in floorh_words.iter().enumerate() {
+                            let _ = std::hint::black_box(
+                                word(floorh.as_ptr(), i * hpage).compare_exchange(
+                                    *w,
+                                    *w,
+                                    Ordering::Relaxed,
+                                    Ordering::Relaxed,
+                                ),
+                            );
+                        }
+                    }
+                    t_floorh.push(per_page(t.elapsed()));
+                    t_floorh_free.push(per_page(free));
+                }
+                _ => unreachable!(),
             }
         }
-        t_cookie.push(per_page(t.elapsed()));
-        t_cookie_unpin.push(per_page(unpin));
-
-        // DONTNEED + regenerate.
-        let t = Instant::now();
-        for _ in 0..cycles {
-            dontneed.advise_mut(.., Advice::DontNeed)?;
-            fill(dontneed.as_mut_slice(), 1);
-        }
-        t_dn.push(per_page(t.elapsed()));
-
-        // ebb, THP units (and its unpin alone).
-        let mut unpin = Duration::ZERO;
-        let t = Instant::now();
-        for _ in 0..cycles {
-            let g = ebbh.pin().unwrap_or_else(|p| p.into_pinned());
-            let u = Instant::now();
-            drop(g);
-            unpin += u.elapsed();
-        }
-        t_ebbh.push(per_page(t.elapsed()));
-        t_ebbh_unpin.push(per_page(unpin));
-
-        // Floor, THP: one exchange per 2 MiB page.
-        let mut free = Duration::ZERO;
-        let t = Instant::now();
-        for _ in 0..cycles {
-            let u = Instant::now();
-            floorh.advise_mut(.., Advice::Free)?;
-            free += u.elapsed();
-            for (i, w) in floorh_words.iter().enumerate() {
-                let _ = std::hint::black_box(word(floorh.as_ptr(), i * hpage).compare_exchange(
-                    *w,
-                    *w,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                ));
-            }
-        }
-        t_floorh.push(per_page(t.elapsed()));
-        t_floorh_free.push(per_page(free));
     }
-    let _ = (&mut cookie, &mut floorh);
+    let thp_units_ebb = ebbh.huge_units();
+    let thp_bytes_floor = floorh.stats().map(|s| s.anon_huge_pages).unwrap_or(0);
+    let _ = &mut cookie;
     Ok(CycleCosts {
         ebb_4k_ns: median(&mut t_ebb4),
         floor_4k_ns: median(&mut t_floor4),
@@ -428,6 +457,8 @@ fn cycle_costs(opts: &Options) -> Result<CycleCosts, Error> {
         floor_free_thp_ns: median(&mut t_floorh_free),
         region_bytes: bytes,
         rounds,
+        thp_units_ebb,
+        thp_units_floor: (thp_bytes_floor / hpage as u64) as usize,
     })
 }
 

@@ -85,7 +85,9 @@
 //! *Pinning a huge unit* goes straight to the exchange (no load, no mincore: at 2 MiB per
 //! unit the floor is ~0.5 ns per 4 KiB page and each extra step showed up as 20-35% of it).
 //! The price is paid only when a unit was lost: the failing exchange faults in a fresh zeroed
-//! huge page, which ebb gives back at once with `MADV_DONTNEED`.
+//! huge page, which ebb gives back at once with `MADV_DONTNEED`. The PMD scan is the cost
+//! ebb keeps for correctness: one `PAGEMAP_SCAN` per pin, measured at 2-7 µs for 64 MiB
+//! (32 units), about a third of a floor cycle; `ebb bench volatile` reports the ratio.
 //!
 //! [`HugeMode::Auto`], the default, uses huge units for regions of at least one huge page when
 //! THP is available, and 4 KiB pages (with `MADV_NOHUGEPAGE`) otherwise: pin/unpin cycles of
@@ -439,6 +441,12 @@ impl VolatileRegion {
         self.unit
     }
 
+    /// How many purge units the kernel backed with a huge page at the last check (pin or
+    /// unpin); 0 outside huge mode.
+    pub fn huge_units(&self) -> usize {
+        self.huge_at_unpin.iter().filter(|h| **h).count()
+    }
+
     /// Whether the kernel may discard this region while unpinned (false in never-purge mode:
     /// see [Fallbacks](self#fallbacks)).
     pub fn is_purgeable(&self) -> bool {
@@ -567,10 +575,6 @@ impl VolatileRegion {
                 for (u, &huge) in self.huge_at_unpin.iter().enumerate() {
                     let first = u * ppu;
                     if huge {
-                        let ahead = first + 2 * ppu;
-                        if let Some(n) = self.sentinels.get(ahead) {
-                            self.prefetch(ahead + (n.word as usize * 8) / page, true);
-                        }
                         let s = self.sentinels[first];
                         // Straight to the exchange (see "Pinning a huge unit" in the module
                         // docs): a lost unit is released again below.
