@@ -311,6 +311,24 @@ struct Sentinel {
 
 /// Anonymous memory the kernel may discard while it is unpinned. See the [module
 /// docs](self).
+///
+/// The types rule out access while unpinned and use after drop. A guard cannot outlive its
+/// region:
+/// ```compile_fail,E0505
+/// let mut region = ebb::volatile::VolatileRegion::new(4096).unwrap();
+/// let pinned = region.pin().unwrap();
+/// drop(region); // error: `region` is borrowed by `pinned`
+/// let _ = pinned[0];
+/// ```
+/// and the memory is reachable only through a guard, so no slice survives the unpin:
+/// ```compile_fail,E0597
+/// let mut region = ebb::volatile::VolatileRegion::new(4096).unwrap();
+/// let bytes: &[u8] = {
+///     let pinned = region.pin().unwrap();
+///     &pinned[..] // error: `pinned` is dropped (the region unpinned) while borrowed
+/// };
+/// let _ = bytes[0];
+/// ```
 pub struct VolatileRegion {
     ptr: NonNull<u8>,
     /// Length asked for (the slice length).
