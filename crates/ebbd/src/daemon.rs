@@ -362,12 +362,16 @@ impl Daemon {
     }
 
     fn gone(&mut self, pid: u32) {
-        if let Some(s) = self.states.remove(&pid)
-            && let Some(flag) = s.in_flight
-        {
+        let old = self.states.remove(&pid);
+        if let Some(flag) = old.as_ref().and_then(|s| s.in_flight.as_ref()) {
             flag.store(true, Ordering::Relaxed);
         }
-        lock(&self.marks).remove(&pid);
+        // Drop its mark, unless the mark is already for a newcomer with this pid.
+        let mut marks = lock(&self.marks);
+        let newcomer = crate::scan::read_stat(pid).map(|s| s.start_time);
+        if marks.get(&pid).is_some_and(|(st, _)| Some(*st) != newcomer) {
+            marks.remove(&pid);
+        }
     }
 
     fn update(&mut self, pid: u32) {

@@ -19,13 +19,17 @@
 //! and drops events under load; the scan is simpler and bounded, so ebbd uses the scan alone.
 //!
 //! # Pid reuse
-//! The table keys processes by (pid, start time). A pid reused between two scans keeps its
-//! table entry only until an action: every action opens a pidfd first and then re-reads the
-//! start time ([`identity_matches`]); a mismatch means a different process, and the action is
-//! dropped.
+//! The table keys processes by (pid, start time) and holds a pidfd for each (the soft
+//! RLIMIT_NOFILE is raised to the hard one; past it, entries go without). Each scan polls all
+//! pidfds in one poll(2) call with a zero timeout: an exited process is dropped even if its pid
+//! was reused before the scan, and the newcomer is read afresh. Every action also opens its
+//! own pidfd and re-reads the start time ([`identity_matches`]); a mismatch means a different
+//! process, and the action is dropped.
 
 use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ebb::cgroup::MemoryCgroup;
@@ -76,7 +80,7 @@ pub fn identity_matches(pid: u32, start_time: u64) -> bool {
 }
 
 /// One process in the table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Tracked {
     /// Its pid.
     pub pid: u32,
@@ -92,6 +96,8 @@ pub struct Tracked {
     pub frozen: bool,
     /// Its freezer cgroup directories (v1 freezer, v2 unified), read once.
     freezer_dirs: Vec<PathBuf>,
+    /// A pidfd, to notice its exit even if the pid is reused between scans.
+    pidfd: Option<Arc<OwnedFd>>,
 }
 
 /// What changed in one scan.
@@ -112,6 +118,8 @@ pub struct ScanStats {
     pub pids: usize,
     /// Files read (oom_score_adj, stat, cgroup, cgroup files).
     pub files_read: usize,
+    /// Tracked processes found exited by their pidfd.
+    pub exited: usize,
     /// Wall time of the scan.
     pub elapsed: Duration,
 }
@@ -122,6 +130,8 @@ pub struct Scanner {
     procs: HashMap<u32, Tracked>,
     own_pid: u32,
     freezer_roots: Option<Vec<(String, PathBuf)>>,
+    max_pidfds: usize,
+    pidfds: usize,
 }
 
 fn freezer_state_frozen(dir: &Path) -> Option<bool> {
@@ -132,13 +142,28 @@ fn freezer_state_frozen(dir: &Path) -> Option<bool> {
     Some(s.lines().any(|l| l.trim() == "frozen 1"))
 }
 
+/// Raises the soft open-file limit to the hard one (one pidfd per tracked process).
+fn raise_nofile() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
 impl Scanner {
     /// An empty table.
     pub fn new() -> Scanner {
+        let nofile = raise_nofile();
         Scanner {
             procs: HashMap::new(),
             own_pid: std::process::id(),
             freezer_roots: None,
+            // Leave room for everything else ebbd opens.
+            max_pidfds: usize::try_from(nofile.saturating_sub(256)).unwrap_or(usize::MAX),
+            pidfds: 0,
         }
     }
 
@@ -154,7 +179,46 @@ impl Scanner {
 
     /// Forgets `pid` (found to be another process at action time); the next scan rereads it.
     pub fn forget(&mut self, pid: u32) {
-        self.procs.remove(&pid);
+        if let Some(t) = self.procs.remove(&pid)
+            && t.pidfd.is_some()
+        {
+            self.pidfds -= 1;
+        }
+    }
+
+    /// Drops the tracked processes whose pidfd says they exited; returns their pids.
+    fn reap_exited(&mut self) -> Vec<u32> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let held: Vec<(u32, Arc<OwnedFd>)> = self
+            .procs
+            .values()
+            .filter_map(|t| Some((t.pid, t.pidfd.clone()?)))
+            .collect();
+        if held.is_empty() {
+            return Vec::new();
+        }
+        let mut fds: Vec<PollFd<'_>> = held
+            .iter()
+            .map(|(_, fd)| PollFd::new(fd.as_ref(), PollFlags::IN))
+            .collect();
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if poll(&mut fds, Some(&zero)).unwrap_or(0) == 0 {
+            return Vec::new();
+        }
+        let exited: Vec<u32> = fds
+            .iter()
+            .zip(&held)
+            .filter(|(fd, _)| !fd.revents().is_empty())
+            .map(|(_, (pid, _))| *pid)
+            .collect();
+        drop(fds);
+        for pid in &exited {
+            self.forget(*pid);
+        }
+        exited
     }
 
     /// (v1 freezer mount, v2 mount) as (controller-line key, mount point).
@@ -233,6 +297,10 @@ impl Scanner {
         }
         let mut frozen_cache: HashMap<PathBuf, bool> = HashMap::new();
         let mut changes = Vec::new();
+        // Exited since the last scan (even if the pid is back as someone else): gone.
+        let exited = self.reap_exited();
+        stats.exited = exited.len();
+        changes.extend(exited.into_iter().map(Change::Gone));
         let mut seen: HashSet<u32> = HashSet::with_capacity(pids.len());
         for pid in pids {
             if pid == self.own_pid || pid == 1 {
@@ -251,6 +319,18 @@ impl Scanner {
                 if stat.kthread {
                     continue;
                 }
+                let pidfd = if self.pidfds < self.max_pidfds {
+                    ebb::sys::pidfd_open(pid).ok().map(Arc::new)
+                } else {
+                    None
+                };
+                // Opened after the stat read: the process must still be that one.
+                if pidfd.is_some() && !identity_matches(pid, stat.start_time) {
+                    continue;
+                }
+                if pidfd.is_some() {
+                    self.pidfds += 1;
+                }
                 let freezer_dirs = if ranks.frozen_is_cached {
                     stats.files_read += 1;
                     self.freezer_dirs(pid)
@@ -267,6 +347,7 @@ impl Scanner {
                         in_cached_cgroup: false,
                         frozen: false,
                         freezer_dirs,
+                        pidfd,
                     },
                 );
             }
@@ -299,7 +380,7 @@ impl Scanner {
             .copied()
             .collect();
         for pid in gone {
-            self.procs.remove(&pid);
+            self.forget(pid);
             changes.push(Change::Gone(pid));
         }
         stats.elapsed = started.elapsed();
