@@ -4,8 +4,9 @@
 //! Every `ranks.scan_interval_ms` (200 ms) the scanner lists the candidate pids — the scope
 //! cgroup's `cgroup.procs` when `scope.cgroup` is set (one small read), else the numeric
 //! directories of `/proc` — and reads **only `/proc/PID/oom_score_adj`** of each (a 5-byte
-//! file; the kernel formats it without walking page tables or taking mm locks). A pid seen for
-//! the first time costs one more read, `/proc/PID/stat` (start time, comm, kernel-thread
+//! file; the kernel formats it without walking page tables or taking mm locks), with one
+//! pread(2) on a descriptor kept open from the first sight. A pid seen for the first time
+//! costs one more read, `/proc/PID/stat` (start time, comm, kernel-thread
 //! flag), and, when frozen cgroups count as cached, `/proc/PID/cgroup`. A pid that vanished is
 //! dropped. So a steady system costs one `open+read+close` per process per scan; the cost
 //! per process is measured by `tests/scan.rs` (and printed) with 2000 sleeping children.
@@ -19,15 +20,18 @@
 //! and drops events under load; the scan is simpler and bounded, so ebbd uses the scan alone.
 //!
 //! # Pid reuse
-//! The table keys processes by (pid, start time) and holds a pidfd for each (the soft
-//! RLIMIT_NOFILE is raised to the hard one; past it, entries go without). Each scan polls all
-//! pidfds in one poll(2) call with a zero timeout: an exited process is dropped even if its pid
-//! was reused before the scan, and the newcomer is read afresh. Every action also opens its
-//! own pidfd and re-reads the start time ([`identity_matches`]); a mismatch means a different
-//! process, and the action is dropped.
+//! The table keys processes by (pid, start time) and keeps each process's
+//! `/proc/PID/oom_score_adj` open (the soft RLIMIT_NOFILE is raised to the hard one; past it,
+//! entries reopen the file each scan). A steady scan is then one pread(2) per process, and
+//! since an open /proc/PID file stays bound to the process it was opened for, the read fails
+//! with ESRCH once that process has exited, even if its pid was reused before the scan: the
+//! entry is dropped and the newcomer read afresh. Every action also opens its own pidfd and
+//! re-reads the start time ([`identity_matches`]); a mismatch means a different process, and
+//! the action is dropped.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::OwnedFd;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,6 +83,14 @@ pub fn identity_matches(pid: u32, start_time: u64) -> bool {
     read_stat(pid).is_some_and(|s| s.start_time == start_time)
 }
 
+/// Reads an open oom_score_adj file from offset 0; `None` once its process has exited.
+fn pread_adj(f: &File) -> Option<i16> {
+    let mut buf = [0u8; 16];
+    let n = f.read_at(&mut buf, 0).ok()?;
+    let text = std::str::from_utf8(buf.get(..n)?).ok()?;
+    procfs::oom::parse_oom_score_adj(text).ok()
+}
+
 /// One process in the table.
 #[derive(Debug, Clone)]
 pub struct Tracked {
@@ -96,8 +108,8 @@ pub struct Tracked {
     pub frozen: bool,
     /// Its freezer cgroup directories (v1 freezer, v2 unified), read once.
     freezer_dirs: Vec<PathBuf>,
-    /// A pidfd, to notice its exit even if the pid is reused between scans.
-    pidfd: Option<Arc<OwnedFd>>,
+    /// `/proc/PID/oom_score_adj`, open: bound to this process, so reads fail once it exits.
+    adj_file: Option<Arc<File>>,
 }
 
 /// What changed in one scan.
@@ -118,7 +130,7 @@ pub struct ScanStats {
     pub pids: usize,
     /// Files read (oom_score_adj, stat, cgroup, cgroup files).
     pub files_read: usize,
-    /// Tracked processes found exited by their pidfd.
+    /// Tracked processes found exited by their open adj file.
     pub exited: usize,
     /// Wall time of the scan.
     pub elapsed: Duration,
@@ -130,8 +142,8 @@ pub struct Scanner {
     procs: HashMap<u32, Tracked>,
     own_pid: u32,
     freezer_roots: Option<Vec<(String, PathBuf)>>,
-    max_pidfds: usize,
-    pidfds: usize,
+    max_files: usize,
+    files: usize,
 }
 
 fn freezer_state_frozen(dir: &Path) -> Option<bool> {
@@ -142,7 +154,7 @@ fn freezer_state_frozen(dir: &Path) -> Option<bool> {
     Some(s.lines().any(|l| l.trim() == "frozen 1"))
 }
 
-/// Raises the soft open-file limit to the hard one (one pidfd per tracked process).
+/// Raises the soft open-file limit to the hard one (one open file per tracked process).
 fn raise_nofile() -> u64 {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut lim = getrlimit(Resource::Nofile);
@@ -162,8 +174,8 @@ impl Scanner {
             own_pid: std::process::id(),
             freezer_roots: None,
             // Leave room for everything else ebbd opens.
-            max_pidfds: usize::try_from(nofile.saturating_sub(256)).unwrap_or(usize::MAX),
-            pidfds: 0,
+            max_files: usize::try_from(nofile.saturating_sub(256)).unwrap_or(usize::MAX),
+            files: 0,
         }
     }
 
@@ -180,45 +192,10 @@ impl Scanner {
     /// Forgets `pid` (found to be another process at action time); the next scan rereads it.
     pub fn forget(&mut self, pid: u32) {
         if let Some(t) = self.procs.remove(&pid)
-            && t.pidfd.is_some()
+            && t.adj_file.is_some()
         {
-            self.pidfds -= 1;
+            self.files -= 1;
         }
-    }
-
-    /// Drops the tracked processes whose pidfd says they exited; returns their pids.
-    fn reap_exited(&mut self) -> Vec<u32> {
-        use rustix::event::{PollFd, PollFlags, Timespec, poll};
-        let held: Vec<(u32, Arc<OwnedFd>)> = self
-            .procs
-            .values()
-            .filter_map(|t| Some((t.pid, t.pidfd.clone()?)))
-            .collect();
-        if held.is_empty() {
-            return Vec::new();
-        }
-        let mut fds: Vec<PollFd<'_>> = held
-            .iter()
-            .map(|(_, fd)| PollFd::new(fd.as_ref(), PollFlags::IN))
-            .collect();
-        let zero = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        if poll(&mut fds, Some(&zero)).unwrap_or(0) == 0 {
-            return Vec::new();
-        }
-        let exited: Vec<u32> = fds
-            .iter()
-            .zip(&held)
-            .filter(|(fd, _)| !fd.revents().is_empty())
-            .map(|(_, (pid, _))| *pid)
-            .collect();
-        drop(fds);
-        for pid in &exited {
-            self.forget(*pid);
-        }
-        exited
     }
 
     /// (v1 freezer mount, v2 mount) as (controller-line key, mount point).
@@ -297,21 +274,28 @@ impl Scanner {
         }
         let mut frozen_cache: HashMap<PathBuf, bool> = HashMap::new();
         let mut changes = Vec::new();
-        // Exited since the last scan (even if the pid is back as someone else): gone.
-        let exited = self.reap_exited();
-        stats.exited = exited.len();
-        changes.extend(exited.into_iter().map(Change::Gone));
         let mut seen: HashSet<u32> = HashSet::with_capacity(pids.len());
         for pid in pids {
             if pid == self.own_pid || pid == 1 {
                 continue;
             }
             stats.files_read += 1;
-            let adj = match procfs::oom::read_oom_score_adj(pid) {
-                Ok(a) => a,
-                // Gone, or a kernel thread's unreadable file: not ours to manage.
-                Err(_) => continue,
-            };
+            let open = self.procs.get(&pid).and_then(|t| t.adj_file.clone());
+            let mut adj = open.and_then(|f| {
+                let r = pread_adj(&f);
+                if r.is_none() {
+                    // The process we opened it for has exited; the pid may be someone new.
+                    self.forget(pid);
+                    changes.push(Change::Gone(pid));
+                    stats.exited += 1;
+                }
+                r
+            });
+            if adj.is_none() {
+                adj = procfs::oom::read_oom_score_adj(pid).ok();
+            }
+            // Gone, or a kernel thread's unreadable file: not ours to manage.
+            let Some(adj) = adj else { continue };
             let is_new = !self.procs.contains_key(&pid);
             if is_new {
                 stats.files_read += 1;
@@ -319,17 +303,19 @@ impl Scanner {
                 if stat.kthread {
                     continue;
                 }
-                let pidfd = if self.pidfds < self.max_pidfds {
-                    ebb::sys::pidfd_open(pid).ok().map(Arc::new)
+                let adj_file = if self.files < self.max_files {
+                    File::open(format!("/proc/{pid}/oom_score_adj"))
+                        .ok()
+                        .map(Arc::new)
                 } else {
                     None
                 };
                 // Opened after the stat read: the process must still be that one.
-                if pidfd.is_some() && !identity_matches(pid, stat.start_time) {
+                if adj_file.is_some() && !identity_matches(pid, stat.start_time) {
                     continue;
                 }
-                if pidfd.is_some() {
-                    self.pidfds += 1;
+                if adj_file.is_some() {
+                    self.files += 1;
                 }
                 let freezer_dirs = if ranks.frozen_is_cached {
                     stats.files_read += 1;
@@ -347,7 +333,7 @@ impl Scanner {
                         in_cached_cgroup: false,
                         frozen: false,
                         freezer_dirs,
-                        pidfd,
+                        adj_file,
                     },
                 );
             }
