@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
 pub mod advise;
+pub mod daemon;
 pub mod lab;
+pub mod mark;
 pub mod ps;
 pub mod status;
