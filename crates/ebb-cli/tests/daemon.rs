@@ -8,12 +8,19 @@ use ebb_lab::{Sandbox, SandboxConfig};
 
 fn ebbd_exe() -> PathBuf {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_ebb")).with_file_name("ebbd");
-    assert!(exe.is_file(), "{} missing: build the workspace bins first (scripts/test does)", exe.display());
+    assert!(
+        exe.is_file(),
+        "{} missing: build the workspace bins first (scripts/test does)",
+        exe.display()
+    );
     exe
 }
 
 fn ebb(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ebb")).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -44,7 +51,10 @@ fn mark_and_daemon_status_talk_to_ebbd() {
         .unwrap();
     let t0 = Instant::now();
     while !socket.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "ebbd never opened its socket");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "ebbd never opened its socket"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let sock = socket.to_str().unwrap();

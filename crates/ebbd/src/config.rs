@@ -37,20 +37,12 @@ pub enum Error {
 }
 
 /// `[scope]`: which processes ebbd manages.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Scope {
     /// If set, manage only processes in this memory cgroup (path under the memory root, or
     /// absolute).
     pub cgroup: String,
-}
-
-impl Default for Scope {
-    fn default() -> Self {
-        Scope {
-            cgroup: String::new(),
-        }
-    }
 }
 
 /// `[ranks]`: how processes are ranked into bands.
@@ -224,20 +216,12 @@ impl Default for Socket {
 }
 
 /// `[metrics]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Metrics {
     /// `host:port` on a loopback address for Prometheus text; empty: off.
     #[serde(deserialize_with = "loopback")]
     pub listen: String,
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics {
-            listen: String::new(),
-        }
-    }
 }
 
 /// The whole configuration.

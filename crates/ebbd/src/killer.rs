@@ -96,7 +96,7 @@ pub fn order_victims(cands: &mut [(Candidate, u64)], order: KillOrder) {
         KillOrder::AdjThenRss => {
             cands.sort_by(|a, b| b.0.adj.cmp(&a.0.adj).then(b.1.cmp(&a.1)));
         }
-        KillOrder::Rss => cands.sort_by(|a, b| b.1.cmp(&a.1)),
+        KillOrder::Rss => cands.sort_by_key(|b| std::cmp::Reverse(b.1)),
     }
 }
 

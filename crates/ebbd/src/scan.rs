@@ -13,7 +13,10 @@
 //!
 //! Changes of adj, new pids and gone pids are returned as [`Change`]s; the policy acts only on
 //! those, never on the whole table. Cached/frozen cgroup membership is re-read per scan with
-//! one read per configured (or distinct frozen-candidate) cgroup, not per process.
+//! one read per configured (or distinct frozen-candidate) cgroup, not per process; a
+//! process's own freezer groups (`/proc/PID/cgroup`) are re-read every [`FREEZER_REFRESH`]
+//! scans, a slice of the table at a time. The scope and cached cgroups include their
+//! descendants.
 //!
 //! The netlink proc connector (fork/exec/exit events) would save the directory listing but not
 //! the adj reads (the kernel sends no event when oom_score_adj changes), needs CAP_NET_ADMIN,
@@ -40,6 +43,9 @@ use ebb::cgroup::MemoryCgroup;
 use ebb::procfs;
 
 use crate::config::Ranks;
+
+/// Scans between two reads of a tracked process's /proc/PID/cgroup (for frozen groups).
+pub const FREEZER_REFRESH: u64 = 25;
 
 /// `PF_KTHREAD` in the flags field of /proc/PID/stat.
 const PF_KTHREAD: u64 = 0x0020_0000;
@@ -81,6 +87,28 @@ pub fn read_stat(pid: u32) -> Option<StatInfo> {
 /// pidfd, so the answer cannot change afterwards).
 pub fn identity_matches(pid: u32, start_time: u64) -> bool {
     read_stat(pid).is_some_and(|s| s.start_time == start_time)
+}
+
+/// The pids in cgroup `dir` and all its descendants (`cgroup.procs` lists direct members only).
+pub fn procs_recursive(dir: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            pids.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                }
+            }
+        }
+    }
+    pids
 }
 
 /// Reads an open oom_score_adj file from offset 0; `None` once its process has exited.
@@ -144,6 +172,7 @@ pub struct Scanner {
     freezer_roots: Option<Vec<(String, PathBuf)>>,
     max_files: usize,
     files: usize,
+    round: u64,
 }
 
 fn freezer_state_frozen(dir: &Path) -> Option<bool> {
@@ -176,6 +205,7 @@ impl Scanner {
             // Leave room for everything else ebbd opens.
             max_files: usize::try_from(nofile.saturating_sub(256)).unwrap_or(usize::MAX),
             files: 0,
+            round: 0,
         }
     }
 
@@ -261,8 +291,9 @@ impl Scanner {
     ) -> (Vec<Change>, ScanStats) {
         let started = Instant::now();
         let mut stats = ScanStats::default();
+        self.round = self.round.wrapping_add(1);
         let pids = match scope {
-            Some(cg) => cg.procs().unwrap_or_default(),
+            Some(cg) => procs_recursive(cg.path()),
             None => procfs::list_pids().unwrap_or_default(),
         };
         stats.files_read += 1;
@@ -270,7 +301,7 @@ impl Scanner {
         let mut in_cached: HashSet<u32> = HashSet::new();
         for cg in cached_cgroups {
             stats.files_read += 1;
-            in_cached.extend(cg.procs().unwrap_or_default());
+            in_cached.extend(procs_recursive(cg.path()));
         }
         let mut frozen_cache: HashMap<PathBuf, bool> = HashMap::new();
         let mut changes = Vec::new();
@@ -338,6 +369,18 @@ impl Scanner {
                 );
             }
             seen.insert(pid);
+            // Cgroup moves are not announced: re-read each process's freezer groups every
+            // FREEZER_REFRESH scans, a slice of the table per scan.
+            if ranks.frozen_is_cached
+                && !is_new
+                && (u64::from(pid) + self.round) % FREEZER_REFRESH == 0
+            {
+                stats.files_read += 1;
+                let dirs = self.freezer_dirs(pid);
+                if let Some(t) = self.procs.get_mut(&pid) {
+                    t.freezer_dirs = dirs;
+                }
+            }
             let Some(t) = self.procs.get_mut(&pid) else {
                 continue;
             };

@@ -125,7 +125,7 @@ fn mark_process(pid: u32, mark: Mark, peer_uid: u32, ctx: &Context) -> Value {
         ));
     }
     if let Some(scope) = &ctx.scope {
-        let members = scope.procs().unwrap_or_default();
+        let members = crate::scan::procs_recursive(scope.path());
         if !members.contains(&pid) {
             return error(format!(
                 "process {pid} is outside the managed scope {}",

@@ -36,7 +36,11 @@ pub fn run(cmd: DaemonCommand) -> Result<()> {
         "ebbd          pid {} up {} s{}; CPU {:.2} s",
         u(&s["pid"]),
         u(&s["uptime_s"]),
-        if s["dry_run"] == true { " (dry run)" } else { "" },
+        if s["dry_run"] == true {
+            " (dry run)"
+        } else {
+            ""
+        },
         s["cpu_seconds"].as_f64().unwrap_or(0.0)
     );
     println!(
@@ -59,7 +63,10 @@ pub fn run(cmd: DaemonCommand) -> Result<()> {
     if let Some(skipped) = s["compactions_skipped"].as_object()
         && !skipped.is_empty()
     {
-        let list: Vec<String> = skipped.iter().map(|(k, v)| format!("{k} {}", u(v))).collect();
+        let list: Vec<String> = skipped
+            .iter()
+            .map(|(k, v)| format!("{k} {}", u(v)))
+            .collect();
         println!("skipped       {}", list.join(", "));
     }
     println!("prefetches    {}", u(&s["prefetches"]));
