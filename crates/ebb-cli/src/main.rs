@@ -28,6 +28,11 @@ enum Command {
     /// The ebbd daemon: its status over the socket.
     #[command(subcommand)]
     Daemon(cmd::daemon::DaemonCommand),
+    /// Live memory pressure: PSI, memory cgroup events, MemAvailable.
+    Watch(cmd::watch::Args),
+    /// Benchmarks, each compared side by side in one run.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
     /// The memory lab: zram swap for experiments by hand.
     #[command(subcommand)]
     Lab(cmd::lab::LabCommand),
@@ -45,6 +50,8 @@ fn main() {
         Command::Mark(a) => cmd::mark::run(a),
         Command::Daemon(c) => cmd::daemon::run(c),
         Command::Lab(c) => cmd::lab::run(c),
+        Command::Watch(a) => cmd::watch::run(a),
+        Command::Bench(c) => cmd::bench::run(c),
         Command::Hog => ebb_lab::hog::run_child(std::iter::empty())
             .map_err(|e| anyhow::anyhow!("running as hog: {e}")),
     };

@@ -25,6 +25,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod hog;
 pub mod sandbox;
 pub mod zram;

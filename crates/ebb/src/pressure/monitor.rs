@@ -249,10 +249,19 @@ impl Monitor {
                 thresholds,
                 interval,
                 ..
-            } => format!(
-                "usage/limit every {interval:?}, low {} medium {} critical {}",
-                thresholds.low, thresholds.medium, thresholds.critical
-            ),
+            } => match io.fds().is_empty() {
+                true => format!(
+                    "usage/limit every {interval:?}, low {} medium {} critical {}",
+                    thresholds.low, thresholds.medium, thresholds.critical
+                ),
+                false => format!(
+                    "v1 usage thresholds (eventfd) at low {} medium {} critical {} of the limit, re-read every {:?}",
+                    thresholds.low,
+                    thresholds.medium,
+                    thresholds.critical,
+                    super::V1_WATERMARK_RECHECK
+                ),
+            },
             Source::MemAvailable {
                 thresholds,
                 interval,
@@ -502,7 +511,24 @@ fn run(shared: &Shared, epoll: &OwnedFd, waker: &OwnedFd, start: Instant, option
         }
         for (id, entry) in regs.iter_mut() {
             if !ended.contains(id) && entry.io.deadline().is_some_and(|d| d <= now) {
-                let outcome = entry.io.on_timer(now);
+                let mut outcome = entry.io.on_timer(now);
+                if matches!(outcome, Outcome::Quiet | Outcome::Event(..)) {
+                    // A v1 watermark follows a changed limit with new thresholds.
+                    match entry.io.rearm() {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            for (sub, fd, _) in entry.io.fds() {
+                                let _ = epoll::add(
+                                    epoll,
+                                    fd,
+                                    EventData::new_u64(token(*id, sub)),
+                                    EventFlags::IN,
+                                );
+                            }
+                        }
+                        Err(e) => outcome = entry.io.end_with(e.to_string()),
+                    }
+                }
                 if handle(shared, start, options, *id, entry, outcome, now) {
                     ended.push(*id);
                 }

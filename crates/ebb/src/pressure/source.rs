@@ -16,6 +16,15 @@ use crate::procfs::{meminfo, pressure};
 /// reached, long enough that reading one or two small files costs well under 0.1 % of a core.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
+/// The default period of the MemAvailable source: /proc/meminfo is the costliest file
+/// polled, and MemAvailable is the fallback with no latency target.
+pub const DEFAULT_MEM_AVAILABLE_INTERVAL: Duration = Duration::from_millis(200);
+
+/// How often a v1 watermark (woken by the kernel's usage thresholds, not a timer) re-reads
+/// usage and limit: to repeat events while usage stays high and to re-arm its thresholds
+/// when the limit changes.
+pub const V1_WATERMARK_RECHECK: Duration = Duration::from_secs(1);
+
 /// The v1 `memory.pressure_level` registration mode (memory.rst §11).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -116,13 +125,16 @@ pub enum Source {
         /// The fallback polling period.
         interval: Duration,
     },
-    /// usage/limit of `cgroup` (v1 or v2), read every `interval`.
+    /// usage/limit of `cgroup` against [`Thresholds`]. v2: read every `interval`. v1: the
+    /// kernel's memory thresholds (`cgroup.event_control` on `memory.usage_in_bytes`, one
+    /// eventfd per level) wake the monitor when usage crosses one, so no timer is needed;
+    /// `interval` is ignored and usage is re-read every [`V1_WATERMARK_RECHECK`].
     Watermark {
         /// The memory cgroup directory.
         cgroup: PathBuf,
         /// Levels by fraction of the limit in use.
         thresholds: Thresholds,
-        /// The polling period.
+        /// The polling period (v2).
         interval: Duration,
     },
     /// `MemAvailable` of /proc/meminfo, read every `interval`.
@@ -175,11 +187,12 @@ impl Source {
         }
     }
 
-    /// MemAvailable with [`Thresholds::MEM_AVAILABLE`].
+    /// MemAvailable with [`Thresholds::MEM_AVAILABLE`], read every
+    /// [`DEFAULT_MEM_AVAILABLE_INTERVAL`].
     pub fn mem_available() -> Source {
         Source::MemAvailable {
             thresholds: Thresholds::MEM_AVAILABLE,
-            interval: DEFAULT_POLL_INTERVAL,
+            interval: DEFAULT_MEM_AVAILABLE_INTERVAL,
         }
     }
 
@@ -269,14 +282,22 @@ impl Source {
                         file: limit_name,
                     });
                 }
+                let (interval, v1) = match version {
+                    CgroupVersion::V1 => {
+                        let armed = v1::arm_thresholds(cgroup, thresholds)?;
+                        (V1_WATERMARK_RECHECK, Some(armed))
+                    }
+                    CgroupVersion::V2 => (*interval, None),
+                };
                 Io::Timed {
-                    next: now + *interval,
-                    interval: *interval,
+                    next: now + interval,
+                    interval,
                     what: Timed::Watermark {
                         cgroup: cgroup.clone(),
                         usage,
                         limit,
                         thresholds: *thresholds,
+                        v1,
                     },
                 }
             }
@@ -402,6 +423,8 @@ pub(crate) enum Timed {
         usage: File,
         limit: File,
         thresholds: Thresholds,
+        /// v1: the usage thresholds armed through `cgroup.event_control`.
+        v1: Option<v1::Armed>,
     },
     MemAvailable {
         meminfo: File,
@@ -466,8 +489,43 @@ impl Io {
                 .map(|(i, (_, fd))| (i as u32, fd.as_fd(), false))
                 .collect(),
             Io::V2Events { file, .. } => vec![(0, file.as_fd(), true)],
+            Io::Timed {
+                what: Timed::Watermark {
+                    v1: Some(armed), ..
+                },
+                ..
+            } => armed
+                .fds
+                .iter()
+                .enumerate()
+                .map(|(i, (_, fd))| (i as u32, fd.as_fd(), false))
+                .collect(),
             Io::Timed { .. } => Vec::new(),
         }
+    }
+
+    /// A v1 watermark whose limit changed since its thresholds were armed re-arms them
+    /// (new eventfds, which the caller adds to epoll); `Ok(true)` if it did.
+    pub(crate) fn rearm(&mut self) -> Result<bool, Error> {
+        let Io::Timed {
+            what:
+                Timed::Watermark {
+                    cgroup,
+                    thresholds,
+                    v1: Some(armed),
+                    ..
+                },
+            ..
+        } = self
+        else {
+            return Ok(false);
+        };
+        let limit = v1::read_limit(cgroup)?;
+        if limit == armed.limit {
+            return Ok(false);
+        }
+        *armed = v1::arm_thresholds(cgroup, thresholds)?;
+        Ok(true)
     }
 
     /// Called when epoll refused `V2Events`'s file (a regular file, e.g. on a fake tree):
@@ -518,6 +576,10 @@ impl Io {
     }
 
     /// `Removed` if the anchor is gone, else `Failed` with `error`.
+    pub(crate) fn end_with(&self, error: String) -> Outcome {
+        self.end(error)
+    }
+
     fn end(&self, error: String) -> Outcome {
         let path = self.anchor().to_path_buf();
         if path.exists() {
@@ -593,7 +655,31 @@ impl Io {
                 )
             }
             Io::V2Events { .. } => self.read_v2_events(),
+            Io::Timed {
+                what: what @ Timed::Watermark { v1: Some(_), .. },
+                ..
+            } => {
+                // A usage threshold was crossed (either way): read where usage is now.
+                if let Timed::Watermark {
+                    v1: Some(armed), ..
+                } = what
+                {
+                    for (_, fd) in &armed.fds {
+                        v1::drain(fd);
+                    }
+                }
+                let result = what.evaluate();
+                self.outcome(result)
+            }
             Io::Timed { .. } => Outcome::Quiet,
+        }
+    }
+
+    fn outcome(&self, result: Result<Option<(Level, Detail)>, String>) -> Outcome {
+        match result {
+            Ok(Some((level, detail))) => Outcome::Event(level, detail),
+            Ok(None) => Outcome::Quiet,
+            Err(e) => self.end(e),
         }
     }
 
@@ -648,65 +734,69 @@ impl Io {
                 what,
             } => {
                 *next = advance(*next, *interval, now);
-                let result = match what {
-                    Timed::Watermark {
-                        cgroup,
-                        usage,
-                        limit,
-                        thresholds,
-                    } => {
-                        let mut buf = [0u8; 64];
-                        match (read_u64(usage, &mut buf), read_u64(limit, &mut buf)) {
-                            (Ok(Some(usage_bytes)), Ok(Some(limit_bytes))) => {
-                                let fraction = usage_bytes as f64 / limit_bytes.max(1) as f64;
-                                Ok(thresholds.level(fraction).map(|level| {
-                                    (
-                                        level,
-                                        Detail::Watermark {
-                                            cgroup: cgroup.clone(),
-                                            usage_bytes,
-                                            limit_bytes,
-                                            fraction,
-                                        },
-                                    )
-                                }))
-                            }
-                            // The limit was lifted: nothing to compare with until it returns.
-                            (Ok(_), Ok(None)) => Ok(None),
-                            (Ok(None), Ok(Some(_))) => Err("usage reads as unlimited".to_string()),
-                            (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
-                        }
-                    }
-                    Timed::MemAvailable {
-                        meminfo,
-                        thresholds,
-                        buf,
-                    } => match pread_text(meminfo, buf).map(|t| meminfo::parse(t).ok()) {
-                        Ok(Some(m)) => {
-                            let (total, avail) = (m.mem_total, m.mem_available);
-                            let fraction_used = 1.0 - avail as f64 / total.max(1) as f64;
-                            Ok(thresholds.level(fraction_used).map(|level| {
-                                (
-                                    level,
-                                    Detail::MemAvailable {
-                                        available_bytes: avail,
-                                        total_bytes: total,
-                                        fraction_used,
-                                    },
-                                )
-                            }))
-                        }
-                        Ok(None) => Err("/proc/meminfo does not parse".to_string()),
-                        Err(e) => Err(e.to_string()),
-                    },
-                };
-                match result {
-                    Ok(Some((level, detail))) => Outcome::Event(level, detail),
-                    Ok(None) => Outcome::Quiet,
-                    Err(e) => self.end(e),
-                }
+                let result = what.evaluate();
+                self.outcome(result)
             }
             _ => Outcome::Quiet,
+        }
+    }
+}
+
+impl Timed {
+    /// Reads the files and maps what they say to a level, if any.
+    fn evaluate(&mut self) -> Result<Option<(Level, Detail)>, String> {
+        match self {
+            Timed::Watermark {
+                cgroup,
+                usage,
+                limit,
+                thresholds,
+                ..
+            } => {
+                let mut buf = [0u8; 64];
+                match (read_u64(usage, &mut buf), read_u64(limit, &mut buf)) {
+                    (Ok(Some(usage_bytes)), Ok(Some(limit_bytes))) => {
+                        let fraction = usage_bytes as f64 / limit_bytes.max(1) as f64;
+                        Ok(thresholds.level(fraction).map(|level| {
+                            (
+                                level,
+                                Detail::Watermark {
+                                    cgroup: cgroup.clone(),
+                                    usage_bytes,
+                                    limit_bytes,
+                                    fraction,
+                                },
+                            )
+                        }))
+                    }
+                    // The limit was lifted: nothing to compare with until it returns.
+                    (Ok(_), Ok(None)) => Ok(None),
+                    (Ok(None), Ok(Some(_))) => Err("usage reads as unlimited".to_string()),
+                    (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
+                }
+            }
+            Timed::MemAvailable {
+                meminfo,
+                thresholds,
+                buf,
+            } => match pread_text(meminfo, buf).map(|t| meminfo::parse(t).ok()) {
+                Ok(Some(m)) => {
+                    let (total, avail) = (m.mem_total, m.mem_available);
+                    let fraction_used = 1.0 - avail as f64 / total.max(1) as f64;
+                    Ok(thresholds.level(fraction_used).map(|level| {
+                        (
+                            level,
+                            Detail::MemAvailable {
+                                available_bytes: avail,
+                                total_bytes: total,
+                                fraction_used,
+                            },
+                        )
+                    }))
+                }
+                Ok(None) => Err("/proc/meminfo does not parse".to_string()),
+                Err(e) => Err(e.to_string()),
+            },
         }
     }
 }

@@ -9,8 +9,12 @@
 //! eventfd once more (`memcg_event_remove`); the monitor then finds the directory gone.
 //! Closing an eventfd unregisters it (the kernel sees `EPOLLHUP` on it).
 //!
+//! The v1 watermark uses the same interface for usage thresholds (memory.rst §9):
+//! `"<eventfd> <fd of memory.usage_in_bytes> <bytes>"`.
+//!
 //! # References
-//! Documentation/admin-guide/cgroup-v1/memory.rst §11 "Memory Pressure"; eventfd(2).
+//! Documentation/admin-guide/cgroup-v1/memory.rst §9 "Memory thresholds", §11 "Memory
+//! Pressure"; eventfd(2).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -20,7 +24,7 @@ use std::path::Path;
 
 use rustix::event::{EventfdFlags, eventfd};
 
-use super::{Error, Level, V1Mode};
+use super::{Error, Level, Thresholds, V1Mode};
 
 /// Registers one eventfd per level on `cgroup` (which must be a v1 memory cgroup).
 pub(crate) fn register(cgroup: &Path, mode: V1Mode) -> Result<Vec<(Level, OwnedFd)>, Error> {
@@ -53,6 +57,63 @@ pub(crate) fn register(cgroup: &Path, mode: V1Mode) -> Result<Vec<(Level, OwnedF
         out.push((level, efd));
     }
     Ok(out)
+}
+
+/// v1 usage thresholds armed at a limit: one eventfd per level, signalled by the kernel
+/// when `memory.usage_in_bytes` crosses `fraction × limit` in either direction
+/// (memory.rst §9 "Memory thresholds"; checked every 128 page events per CPU).
+#[derive(Debug)]
+pub(crate) struct Armed {
+    /// The limit the thresholds were computed from.
+    pub(crate) limit: Option<u64>,
+    /// Per level, its eventfd.
+    pub(crate) fds: Vec<(Level, OwnedFd)>,
+}
+
+/// Reads `memory.limit_in_bytes` (`None`: unlimited).
+pub(crate) fn read_limit(cgroup: &Path) -> Result<Option<u64>, Error> {
+    let path = cgroup.join("memory.limit_in_bytes");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io("reading", &path, e))?;
+    crate::cgroup::parse_limit(&text).map_err(|reason| Error::Parse { path, reason })
+}
+
+/// Arms one usage threshold per level at `thresholds × limit` (none when unlimited).
+pub(crate) fn arm_thresholds(cgroup: &Path, thresholds: &Thresholds) -> Result<Armed, Error> {
+    let limit = read_limit(cgroup)?;
+    let Some(bytes) = limit else {
+        return Ok(Armed {
+            limit,
+            fds: Vec::new(),
+        });
+    };
+    let usage_path = cgroup.join("memory.usage_in_bytes");
+    let ec_path = cgroup.join("cgroup.event_control");
+    let usage = File::open(&usage_path).map_err(|e| Error::io("opening", &usage_path, e))?;
+    let mut control = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&ec_path)
+        .map_err(|e| v1_io("opening", &ec_path, e))?;
+    let mut fds = Vec::with_capacity(3);
+    for (level, fraction) in [
+        (Level::Low, thresholds.low),
+        (Level::Medium, thresholds.medium),
+        (Level::Critical, thresholds.critical),
+    ] {
+        let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).map_err(|e| {
+            Error::Start {
+                what: "eventfd",
+                source: e.into(),
+            }
+        })?;
+        let at = (fraction * bytes as f64) as u64;
+        let line = format!("{} {} {at}", efd.as_raw_fd(), usage.as_raw_fd());
+        control
+            .write_all(line.as_bytes())
+            .map_err(|e| v1_io("writing", &ec_path, e))?;
+        fds.push((level, efd));
+    }
+    Ok(Armed { limit, fds })
 }
 
 /// Reads and clears an eventfd's counter; `None` when it was zero (EAGAIN) or on error.

@@ -1,0 +1,4 @@
+//! Benchmarks behind `ebb bench <name>`: each module has `Options`, `run` and a
+//! serializable `Report` with a `render` table.
+
+pub mod pressure;
