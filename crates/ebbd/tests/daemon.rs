@@ -68,13 +68,7 @@ fn without_capabilities_exits_1_naming_cap_sys_nice() {
 #[test]
 fn sigterm_exits_0_and_sighup_keeps_the_old_config_on_error() {
     let sb = sandbox("ebbd_signals");
-    let mut d = Ebbd::start(
-        &sb,
-        "[socket]\nmode = 0o600\n"
-            .replace("[socket]\nmode = 0o600\n", "")
-            .as_str(),
-        &[],
-    );
+    let mut d = Ebbd::start(&sb, "", &[]);
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
     // A bad new file: kept the old one, said why.
