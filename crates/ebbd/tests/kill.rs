@@ -120,3 +120,56 @@ fn kills_go_highest_adj_first_and_spare_protected_and_low_adj() {
     assert_eq!(n(&s["kills"]["total"]), killed.len() as u64, "{s}");
     assert!(n(&s["pressure_events"]) >= 1, "{s}");
 }
+
+/// The victim is checked through its pidfd: a stale start time (pid reused), an exited
+/// process, a protected name or a dry run never lead to a kill of the wrong process.
+#[test]
+fn kill_one_never_hits_a_wrong_or_gone_target() {
+    use ebbd::config::Kill;
+    use ebbd::killer::{Candidate, kill_one};
+    let sb = sandbox("ebbd_kill_one");
+    let mut a = sb.spawn(Command::new("sleep").arg("600")).unwrap();
+    let start = ebbd::scan::read_stat(a.id()).unwrap().start_time;
+    let mut gone = sb.spawn(&mut Command::new("true")).unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    set_adj(a.id(), 1000);
+    let s = Kill::default();
+    let cand = |pid, start_time, comm: &str| Candidate {
+        pid,
+        start_time,
+        comm: comm.into(),
+        adj: 1000,
+        marked: false,
+    };
+    // Stale identity: as if the pid had been reused since the scan.
+    assert!(kill_one(&[cand(a.id(), start + 1, "sleep")], &s, "t", "t", false).is_none());
+    // Exited.
+    assert!(kill_one(&[cand(gone_pid, 1, "true")], &s, "t", "t", false).is_none());
+    // Protected.
+    let p = Kill {
+        protected: vec!["sleep".into()],
+        ..Kill::default()
+    };
+    assert!(kill_one(&[cand(a.id(), start, "sleep")], &p, "t", "t", false).is_none());
+    // Dry run: chosen, not killed.
+    let r = kill_one(&[cand(a.id(), start, "sleep")], &s, "t", "t", true).unwrap();
+    assert!(r.dry_run);
+    assert!(a.try_wait().unwrap().is_none(), "dry run killed");
+    // adj re-read at kill time: lowered below min_adj since the scan, spared.
+    set_adj(a.id(), 0);
+    assert!(kill_one(&[cand(a.id(), start, "sleep")], &s, "t", "t", false).is_none());
+    set_adj(a.id(), 1000);
+    let r = kill_one(
+        &[cand(a.id(), start, "sleep")],
+        &s,
+        "pressure_critical",
+        "psi",
+        false,
+    )
+    .unwrap();
+    assert_eq!(r.pid, a.id());
+    assert!(r.exited, "{r:?}");
+    let st = a.wait().unwrap();
+    assert!(ebb_lab::hog::killed_by_sigkill(&st), "{st:?}");
+}
