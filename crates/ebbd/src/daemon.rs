@@ -124,6 +124,8 @@ pub struct Daemon {
     _server: Server,
     control: Control,
     wake_rx: Receiver<()>,
+    /// Re-rank every process at the next pass (after a reload changed the bands).
+    reevaluate: bool,
     /// Where metrics are served, if they are.
     pub metrics_addr: Option<std::net::SocketAddr>,
 }
@@ -214,6 +216,7 @@ impl Daemon {
             _server: server,
             control,
             wake_rx,
+            reevaluate: false,
             metrics_addr,
         };
         daemon.start_killer()?;
@@ -289,6 +292,7 @@ impl Daemon {
                     ..new
                 };
                 self.cached_cgroups = open_cgroups(&self.config.ranks.cached_cgroups);
+                self.reevaluate = true;
                 if kill_changed && let Err(e) = self.start_killer() {
                     tracing::error!(error = %e, "killer not restarted after reload");
                 }
@@ -328,8 +332,12 @@ impl Daemon {
             &self.cached_cgroups,
         );
         self.stats.record_scan(scan.elapsed);
-        // Marks changed since the last pass: re-evaluate those processes too.
-        let marked: Vec<u32> = lock(&self.marks).keys().copied().collect();
+        // Marked processes (their mark may have changed), and after a reload every process:
+        // re-rank them too.
+        let mut marked: Vec<u32> = lock(&self.marks).keys().copied().collect();
+        if std::mem::take(&mut self.reevaluate) {
+            marked.extend(self.scanner.processes().map(|t| t.pid));
+        }
         for pid in marked {
             if self.scanner.get(pid).is_some() {
                 changes.push(Change::Changed(pid));

@@ -68,7 +68,13 @@ fn without_capabilities_exits_1_naming_cap_sys_nice() {
 #[test]
 fn sigterm_exits_0_and_sighup_keeps_the_old_config_on_error() {
     let sb = sandbox("ebbd_signals");
+    let mut child = sb.spawn(Command::new("sleep").arg("600")).unwrap();
+    set_adj(child.id(), 850);
     let mut d = Ebbd::start(&sb, "", &[]);
+    let s = d.wait_status(Duration::from_secs(2), |s| {
+        n(&s["processes"]["previous"]) == 1
+    });
+    assert_eq!(n(&s["processes"]["previous"]), 1, "{s}");
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
     // A bad new file: kept the old one, said why.
@@ -87,7 +93,7 @@ fn sigterm_exits_0_and_sighup_keeps_the_old_config_on_error() {
     // A good one: reloaded.
     std::fs::write(
         &d.config,
-        config_text(sb.path(), &d.socket, "[compaction]\nmin_interval_s = 3\n"),
+        config_text(sb.path(), &d.socket, "[ranks]\ncached = 800\n"),
     )
     .unwrap();
     d.signal(libc::SIGHUP);
@@ -96,9 +102,18 @@ fn sigterm_exits_0_and_sighup_keeps_the_old_config_on_error() {
         assert!(t0.elapsed() < Duration::from_secs(5), "{}", d.log_text());
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The new bands apply to processes already known: it entered cached, and a compaction
+    // was considered (and skipped: `sleep` is too small).
+    let s = d.wait_status(Duration::from_secs(2), |s| {
+        n(&s["compactions_skipped"]["small"]) == 1
+    });
+    assert_eq!(n(&s["processes"]["cached"]), 1, "{s}");
+    assert_eq!(n(&s["compactions_skipped"]["small"]), 1, "{s}");
     let socket = d.socket.clone();
     assert_eq!(d.stop(), Some(0));
     assert!(!socket.exists(), "socket left behind");
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
 
 #[test]
