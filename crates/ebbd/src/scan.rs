@@ -8,8 +8,9 @@
 //! pread(2) on a descriptor kept open from the first sight. A pid seen for the first time
 //! costs one more read, `/proc/PID/stat` (start time, comm, kernel-thread
 //! flag), and, when frozen cgroups count as cached, `/proc/PID/cgroup`. A pid that vanished is
-//! dropped. So a steady system costs one `open+read+close` per process per scan; the cost
-//! per process is measured by `tests/scan.rs` (and printed) with 2000 sleeping children.
+//! dropped. So a steady system costs one pread per process per scan: measured by
+//! `tests/daemon.rs` with 2000 sleeping children at 1.5 µs of CPU per process (release build),
+//! 3 ms a scan, 1.8% of one CPU at 200 ms.
 //!
 //! Changes of adj, new pids and gone pids are returned as [`Change`]s; the policy acts only on
 //! those, never on the whole table. Cached/frozen cgroup membership is re-read per scan with
