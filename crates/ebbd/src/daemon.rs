@@ -258,7 +258,7 @@ impl Daemon {
         self.stats.clone()
     }
 
-    /// Kills so far (dry-run ones included), oldest first.
+    /// The last [`crate::killer::KILL_LOG_LEN`] kills (dry-run ones included), oldest first.
     pub fn kills(&self) -> Arc<Mutex<Vec<KillRecord>>> {
         self.kills.clone()
     }

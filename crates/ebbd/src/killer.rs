@@ -27,6 +27,9 @@ use crate::config::{Kill as Settings, KillOrder};
 use crate::metrics::Stats;
 use crate::scan::identity_matches;
 
+/// Kills kept in memory for [`crate::daemon::Daemon::kills`] (the oldest are dropped).
+pub const KILL_LOG_LEN: usize = 256;
+
 /// The killer could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -281,7 +284,11 @@ impl Killer {
                                 tracing::warn!(pid = r.pid, comm = %r.comm, adj = r.adj, rss = r.rss, swap = r.swap, reason = %r.reason, source = %r.source, psi_some_avg10 = ?psi, released = r.released, exited = r.exited, took_ms = r.took.as_millis() as u64, "killed");
                                 stats.record_kill(&r.reason, r.took);
                             }
-                            lock(&log).push(r);
+                            let mut log = lock(&log);
+                            if log.len() >= KILL_LOG_LEN {
+                                log.remove(0);
+                            }
+                            log.push(r);
                         }
                         None => {
                             tracing::info!(level = %event.level, source = %event.source, "pressure, but no process may be killed");
