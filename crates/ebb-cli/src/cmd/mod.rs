@@ -2,7 +2,9 @@
 
 pub mod advise;
 pub mod bench;
+pub mod daemon;
 pub mod lab;
+pub mod mark;
 pub mod ps;
 pub mod status;
 pub mod watch;
