@@ -21,6 +21,29 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Volatile memory (pin/unpin): cycle cost against the floor, Chromium's cookie scheme
+    /// and DONTNEED + regenerate; a torture run under a real squeeze.
+    Volatile {
+        /// A short run (at least 1 M page pins in the torture run).
+        #[arg(long)]
+        quick: bool,
+        /// Skip the torture run (cycle costs only).
+        #[arg(long)]
+        no_torture: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The purgeable cache against a plain LRU of the same budget, each squeezed by a
+    /// neighbour in a sandbox.
+    Cache {
+        /// A shorter, smaller run.
+        #[arg(long)]
+        quick: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn emit<R: Serialize>(report: &R, render: impl FnOnce(&R) -> String, json: bool) -> Result<()> {
@@ -42,6 +65,25 @@ pub fn run(c: BenchCommand) -> Result<()> {
                 ..Options::default()
             })
             .map_err(|e| anyhow!("bench pressure: {e}"))?;
+            emit(&report, |r| r.render(), json)
+        }
+        BenchCommand::Volatile {
+            quick,
+            no_torture,
+            json,
+        } => {
+            use ebb_lab::bench::volatile::{Options, run};
+            let report = run(&Options {
+                quick,
+                torture: !no_torture,
+                ..Options::default()
+            })
+            .map_err(|e| anyhow!("bench volatile: {e}"))?;
+            emit(&report, |r| r.render(), json)
+        }
+        BenchCommand::Cache { quick, json } => {
+            use ebb_lab::bench::cache::{Options, run};
+            let report = run(&Options { quick }).map_err(|e| anyhow!("bench cache: {e}"))?;
             emit(&report, |r| r.render(), json)
         }
     }
