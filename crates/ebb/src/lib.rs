@@ -4,6 +4,7 @@
 
 pub mod advice;
 pub mod cgroup;
+pub mod heap;
 pub mod pressure;
 pub mod procfs;
 pub mod sys;
