@@ -1,2 +1,48 @@
-//! The `ebb` command.
-fn main() {}
+//! `ebb`: inspect memory, apply advice, run the memory lab and the benchmarks.
+//!
+//! Exit codes: 0 success, 1 failure, 2 usage error.
+
+mod cmd;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+/// ebb: memory the Linux kernel can take back.
+#[derive(Parser)]
+#[command(name = "ebb", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// What this kernel and this process can do: advice, THP, swap, PSI, cgroups.
+    Status(cmd::status::Args),
+    /// Per-process memory: RSS, anonymous, swap, lazily freed and THP bytes.
+    Ps(cmd::ps::Args),
+    /// Give memory advice to another process (process_madvise) and report what it did.
+    Advise(cmd::advise::Args),
+    /// The memory lab: zram swap for experiments by hand.
+    #[command(subcommand)]
+    Lab(cmd::lab::LabCommand),
+    /// Act as the lab's memory hog (the stdin/stdout protocol of `ebb_lab::hog`).
+    #[command(hide = true)]
+    Hog,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Status(a) => cmd::status::run(a),
+        Command::Ps(a) => cmd::ps::run(a),
+        Command::Advise(a) => cmd::advise::run(a),
+        Command::Lab(c) => cmd::lab::run(c),
+        Command::Hog => ebb_lab::hog::run_child(std::iter::empty())
+            .map_err(|e| anyhow::anyhow!("running as hog: {e}")),
+    };
+    if let Err(e) = result {
+        eprintln!("ebb: error: {e:#}");
+        std::process::exit(1);
+    }
+}

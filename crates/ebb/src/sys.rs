@@ -86,6 +86,78 @@ pub fn map_anonymous(len: usize, align: usize) -> io::Result<NonNull<u8>> {
     NonNull::new(start as *mut u8).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
 }
 
+/// Maps like [`map_anonymous`], with a `PROT_NONE` guard page on each side, so that the
+/// kernel never merges the mapping with a neighbouring anonymous VMA (mm/vma.c merges
+/// adjacent anonymous mappings with equal flags). Its /proc/PID/smaps entries then describe
+/// it alone, which is what per-region accounting needs. Free it with [`unmap_isolated`].
+pub fn map_isolated(len: usize, align: usize) -> io::Result<NonNull<u8>> {
+    let page = page_size();
+    debug_assert!(len > 0 && len % page == 0);
+    debug_assert!(align.is_power_of_two() && align >= page);
+    let total = len
+        .checked_add(align)
+        .and_then(|t| t.checked_add(page))
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
+    // SAFETY: as in map_anonymous: a fresh private mapping at a kernel-chosen address.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            total,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let base = raw as usize;
+    let start = (base + page + align - 1) & !(align - 1);
+    let guard_lo = start - page;
+    let guard_hi = start + len;
+    let end = base + total;
+    // SAFETY: every range below lies in the mapping made above, which nothing refers to yet;
+    // the excess is unmapped and the guards made inaccessible.
+    unsafe {
+        if guard_lo > base {
+            libc::munmap(raw, guard_lo - base);
+        }
+        if end > guard_hi + page {
+            libc::munmap(
+                (guard_hi + page) as *mut libc::c_void,
+                end - guard_hi - page,
+            );
+        }
+        if libc::mprotect(guard_lo as *mut libc::c_void, page, libc::PROT_NONE) != 0
+            || libc::mprotect(guard_hi as *mut libc::c_void, page, libc::PROT_NONE) != 0
+        {
+            let err = io::Error::last_os_error();
+            libc::munmap(guard_lo as *mut libc::c_void, len + 2 * page);
+            return Err(err);
+        }
+    }
+    NonNull::new(start as *mut u8).ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))
+}
+
+/// Unmaps a mapping made by [`map_isolated`], guard pages included.
+///
+/// # Safety
+/// `ptr` and `len` must be exactly what [`map_isolated`] returned and was given, and no
+/// reference into the mapping may be alive.
+pub unsafe fn unmap_isolated(ptr: NonNull<u8>, len: usize) -> io::Result<()> {
+    let page = page_size();
+    let lo = ptr.as_ptr() as usize - page;
+    // SAFETY: the caller guarantees this is a map_isolated mapping with its guards around
+    // it, owned by the caller and unreferenced.
+    let rc = unsafe { libc::munmap(lo as *mut libc::c_void, len + 2 * page) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Unmaps `[ptr, ptr+len)`.
 ///
 /// # Safety
@@ -293,6 +365,24 @@ mod tests {
             assert_eq!(*p.as_ptr().add(len - 1), 7);
             unmap(p, len).unwrap();
         }
+    }
+
+    #[test]
+    fn isolated_mapping_has_guards() {
+        let page = page_size();
+        let len = 4 * page;
+        let p = map_isolated(len, huge_page_size()).unwrap();
+        let a = p.as_ptr() as usize;
+        assert_eq!(a % huge_page_size(), 0);
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let exact = format!("{:x}-{:x} rw-p", a, a + len);
+        let guard = format!("{:x}-{:x} ---p", a - page, a);
+        assert!(maps.contains(&exact), "{exact} not in maps");
+        assert!(maps.contains(&guard), "{guard} not in maps");
+        // SAFETY: the mapping is ours.
+        unsafe { unmap_isolated(p, len).unwrap() };
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        assert!(!maps.contains(&exact));
     }
 
     #[test]

@@ -1,0 +1,13 @@
+//! Fuzzes `ebb::procfs::meminfo::parse`: any UTF-8 input must parse or fail with a ParseError, never panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(m) = ebb::procfs::meminfo::parse(text) {
+        assert_eq!(m.get("MemTotal"), Some(m.mem_total));
+    }
+});
