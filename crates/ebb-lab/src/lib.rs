@@ -32,3 +32,4 @@ pub mod zram;
 pub use hog::Hog;
 pub use sandbox::{Sandbox, SandboxConfig, sweep_stale};
 pub use zram::{Lab, ZramStatus, ZramSwap};
+pub mod bench;

@@ -167,6 +167,9 @@ pub enum HeapError {
         /// The errno.
         source: std::io::Error,
     },
+    /// Reading /proc/self/smaps for the THP coverage failed.
+    #[error("reading the heap's THP coverage from /proc/self/smaps: {0}")]
+    Smaps(#[from] crate::procfs::Error),
     /// Spawning the heap's release thread failed.
     #[error("spawning the heap's release thread: {0}")]
     Thread(std::io::Error),
@@ -292,6 +295,41 @@ pub struct HeapStats {
     pub collapse_failures: u64,
     /// Releases by trigger.
     pub releases: ReleaseCounts,
+}
+
+/// THP coverage of an address range: resident bytes and the part mapped huge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct ThpCoverage {
+    /// `Rss` of the VMAs in the range.
+    pub rss: u64,
+    /// `AnonHugePages` of the VMAs in the range.
+    pub anon_huge_pages: u64,
+    /// `LazyFree` of the VMAs in the range (released with MADV_FREE, not yet reclaimed).
+    pub lazy_free: u64,
+}
+
+impl ThpCoverage {
+    /// `anon_huge_pages / rss`, or 1 when nothing is resident (nothing is split).
+    pub fn ratio(&self) -> f64 {
+        if self.rss == 0 {
+            1.0
+        } else {
+            self.anon_huge_pages as f64 / self.rss as f64
+        }
+    }
+
+    /// Sums the smaps counters of this process's VMAs lying inside `[start, end)`.
+    pub fn of_range(start: usize, end: usize) -> Result<ThpCoverage, HeapError> {
+        let mut c = ThpCoverage::default();
+        for e in crate::procfs::smaps::read_smaps_self()? {
+            if e.map.start >= start as u64 && e.map.end <= end as u64 {
+                c.rss += e.counters.rss;
+                c.anon_huge_pages += e.counters.anon_huge_pages;
+                c.lazy_free += e.counters.lazy_free;
+            }
+        }
+        Ok(c)
+    }
 }
 
 /// A run of whole pages handed out by a [`PageHeap`], borrowing it. Give it back with
@@ -496,6 +534,14 @@ impl PageHeap {
             .next_due
             .store(next, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// How much of the heap's resident memory is mapped with transparent huge pages:
+    /// `AnonHugePages` ÷ `Rss` over the VMAs inside its reservation, from
+    /// `/proc/self/smaps` (found by address range, since VMA names may be unsupported).
+    pub fn thp_coverage(&self) -> Result<ThpCoverage, HeapError> {
+        let r = self.reservation();
+        ThpCoverage::of_range(r.start, r.end)
     }
 
     /// The accounting now.
