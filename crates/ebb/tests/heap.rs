@@ -187,3 +187,177 @@ fn foreign_pointer_is_refused() {
     // SAFETY: back to its own heap, rebuilt once more after the refused attempt.
     other.free(unsafe { Span::from_raw_parts(p, n) }).unwrap();
 }
+
+// ---- the release policy against the real kernel -------------------------------------------
+
+fn faults_of_this_thread() -> u64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct we pass; RUSAGE_THREAD counts this thread only.
+    let ru = unsafe {
+        libc::getrusage(libc::RUSAGE_THREAD, ru.as_mut_ptr());
+        ru.assume_init()
+    };
+    (ru.ru_minflt + ru.ru_majflt) as u64
+}
+
+fn thp_split_pmd() -> u64 {
+    ebb::procfs::vmstat::read().unwrap().thp_split_pmd
+}
+
+/// Whole free hugepages go back with MADV_FREE without a split (the reservation keeps its
+/// AnonHugePages, vmstat `thp_split_pmd` does not move), and taking them back faults nothing.
+#[test]
+fn whole_free_hugepages_are_released_without_a_split_and_reused_without_a_fault() {
+    let heap = PageHeap::new(opts(64 * HUGE)).unwrap();
+    let n = 16;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut spans: Vec<_> = (0..n).map(|_| heap.alloc(512).unwrap()).collect();
+        for s in &mut spans {
+            s.as_mut_slice().fill(0x11);
+        }
+        let before = heap.thp_coverage().unwrap();
+        assert!(
+            before.anon_huge_pages >= (n as u64 - 2) * HUGE as u64,
+            "the kernel gave too few THPs to test with: {before:?}"
+        );
+        let splits_before = thp_split_pmd();
+        for s in spans {
+            heap.free(s).unwrap();
+        }
+        let released = heap.handle_pressure(Level::Low).unwrap();
+        assert_eq!(released, n * HUGE);
+        let after = heap.thp_coverage().unwrap();
+        let splits_after = thp_split_pmd();
+        assert_eq!(heap.stats().splits, 0);
+        assert_eq!(after.anon_huge_pages, before.anon_huge_pages, "{after:?}");
+        assert!(after.lazy_free >= (n as u64 - 2) * HUGE as u64, "{after:?}");
+        // Reuse before the kernel takes them: no fault at all (UNSPLITTABLE).
+        let f0 = faults_of_this_thread();
+        let mut spans: Vec<_> = (0..n).map(|_| heap.alloc(512).unwrap()).collect();
+        for s in &mut spans {
+            s.as_mut_slice().fill(0x22);
+        }
+        let faults = faults_of_this_thread() - f0;
+        for s in spans {
+            heap.free(s).unwrap();
+        }
+        // thp_split_pmd is machine-wide: another process may split meanwhile. Retry then.
+        if splits_after == splits_before || attempts == 3 {
+            assert_eq!(
+                splits_after, splits_before,
+                "thp_split_pmd moved in 3 attempts"
+            );
+            assert!(faults <= 2, "{faults} faults reusing released hugepages");
+            break;
+        }
+    }
+}
+
+/// Partly free hugepages are kept whole under Low pressure, released (and split) under
+/// Medium, and a Critical event drops their RSS with MADV_DONTNEED.
+#[test]
+fn escalation_low_keeps_partial_hugepages_medium_splits_critical_drops_rss() {
+    let heap = PageHeap::new(HeapOptions {
+        partial_min_idle: std::time::Duration::ZERO,
+        ..opts(64 * HUGE)
+    })
+    .unwrap();
+    let mut spans: Vec<_> = (0..64).map(|_| heap.alloc(256).unwrap()).collect();
+    for s in &mut spans {
+        s.as_mut_slice().fill(0x33);
+    }
+    // Free every other 1 MiB span: 32 hugepages, each half free.
+    let mut kept = Vec::new();
+    for (i, s) in spans.into_iter().enumerate() {
+        if i % 2 == 0 {
+            heap.free(s).unwrap();
+        } else {
+            kept.push(s);
+        }
+    }
+    let rss0 = heap.thp_coverage().unwrap().rss;
+    assert!(rss0 >= 60 << 20, "rss {rss0}");
+    assert_eq!(heap.handle_pressure(Level::Low).unwrap(), 0);
+    assert_eq!(heap.stats().splits, 0);
+    let medium = heap.handle_pressure(Level::Medium).unwrap();
+    assert_eq!(medium, 32 << 20);
+    assert_eq!(heap.stats().splits, 32);
+    let critical = heap.handle_pressure(Level::Critical).unwrap();
+    assert_eq!(critical, 0, "already released: nothing newly released");
+    let rss1 = heap.thp_coverage().unwrap().rss;
+    assert!(rss0 - rss1 >= 30 << 20, "rss {rss0} -> {rss1}");
+    let st = heap.stats();
+    assert_eq!(st.releases.medium.bytes, 32 << 20);
+    assert_eq!(st.releases.critical.events, 1);
+    for s in &kept {
+        assert!(s.as_slice().iter().all(|&b| b == 0x33));
+    }
+    // DONTNEED'd pages are known zero: alloc_zeroed writes nothing to them, yet reads zero.
+    let z = heap.alloc_zeroed(256).unwrap();
+    assert!(z.as_slice().iter().all(|&b| b == 0));
+    heap.free(z).unwrap();
+    for s in kept {
+        heap.free(s).unwrap();
+    }
+}
+
+// ---- a neighbour in the same memory cgroup ------------------------------------------------
+
+use ebb_lab::bench::heap_child::HeapChild;
+use ebb_lab::{Hog, Sandbox, SandboxConfig};
+
+/// A heap child in a 256 MiB sandbox (no swap) holding `held` bytes free, then a neighbour
+/// (OOM victim of choice) that needs them. Returns whether the neighbour survived, and the
+/// heap's stats before and after.
+fn neighbour_after(kind: &str, held: u64, level: Option<&str>) -> (bool, [u64; 7], [u64; 7]) {
+    let sandbox = Sandbox::new(SandboxConfig {
+        name_hint: "heap-test".into(),
+        memory_limit: Some(256 << 20),
+        swap_limit: Some(0),
+    })
+    .expect("this test needs root and the v1 memory controller");
+    let mut heap = HeapChild::spawn(kind, Some(&sandbox)).unwrap();
+    heap.request(&format!("fill {held} {}", 1 << 20)).unwrap();
+    heap.request("free").unwrap();
+    if let Some(l) = level {
+        heap.request(&format!("pressure {l}")).unwrap();
+    }
+    let before = heap.stats().unwrap();
+    let mut hog = Hog::spawn(Some(&sandbox)).unwrap();
+    ebb::procfs::oom::write_oom_score_adj(hog.pid(), 1000).unwrap();
+    let survived = hog.fill(held).is_ok() && hog.verify().unwrap_or(false);
+    let after = heap.stats().unwrap();
+    (survived, before, after)
+}
+
+/// The heap gives its free memory back when a neighbour in the same cgroup needs it: after a
+/// Low event the 192 MiB it held are lazily free, the kernel hands them to the neighbour, and
+/// the heap's resident set falls.
+#[test]
+fn neighbour_gets_the_memory_the_heap_released() {
+    let held = 192 << 20;
+    let (survived, before, after) = neighbour_after("ebb", held, Some("low"));
+    assert!(
+        survived,
+        "the neighbour was OOM-killed; heap stats {before:?}"
+    );
+    let [_, free_held, released, rss0, ..] = before;
+    assert_eq!(free_held, 0);
+    assert!(released >= held, "{before:?}");
+    let rss1 = after[3];
+    assert!(rss0 - rss1 >= held / 2, "heap rss {rss0} -> {rss1}");
+}
+
+/// The control: the same heap without the release keeps everything and the neighbour is
+/// OOM-killed, so the test above really depends on the release.
+#[test]
+fn keep_everything_heap_gets_its_neighbour_killed() {
+    let (survived, before, _) = neighbour_after("ebb-keep", 192 << 20, None);
+    assert!(
+        !survived,
+        "the neighbour survived without a release: {before:?}"
+    );
+    assert_eq!(before[1], 192 << 20);
+}
