@@ -361,3 +361,32 @@ fn keep_everything_heap_gets_its_neighbour_killed() {
     );
     assert_eq!(before[1], 192 << 20);
 }
+
+/// A pressure request from another thread (a monitor's callback) is served by the heap's
+/// release thread promptly, without the requester waiting for the release.
+#[test]
+fn requested_pressure_is_released_by_the_heap_thread() {
+    let heap = PageHeap::new(HeapOptions {
+        reservation: 64 * HUGE,
+        release_delay: std::time::Duration::from_secs(3600),
+        ..HeapOptions::default()
+    })
+    .unwrap();
+    let mut s = heap.alloc(8 * 512).unwrap();
+    s.as_mut_slice().fill(1);
+    heap.free(s).unwrap();
+    assert_eq!(heap.stats().free_held_bytes, 8 * HUGE);
+    let t = std::time::Instant::now();
+    heap.request_pressure(Level::Low);
+    while heap.stats().free_held_bytes > 0 && t.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let st = heap.stats();
+    assert_eq!(
+        st.free_held_bytes,
+        0,
+        "not released after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(st.releases.low.bytes, 8 * HUGE as u64);
+}

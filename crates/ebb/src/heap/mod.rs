@@ -418,6 +418,9 @@ struct Shared {
     /// Earliest time (coarse ns) timed work may be due; checked on alloc/free without a
     /// release thread.
     next_due: std::sync::atomic::AtomicU64,
+    /// The highest pressure level asked for and not yet handled by the release thread
+    /// (0: none, 1 + `Level as u8` otherwise).
+    pressure_req: std::sync::atomic::AtomicU8,
     stop: Mutex<bool>,
     wake: Condvar,
 }
@@ -525,6 +528,14 @@ impl PageHeap {
         self.shared.lock().pressure(level, now_ns())
     }
 
+    /// Asks for a pressure release without waiting for it: the release thread does it at
+    /// once (its wake-up takes microseconds), so the caller — typically a pressure monitor's
+    /// thread, which serves other sources too — is not held up by a large release. Without a
+    /// release thread ([`HeapOptions::background`] false) the release runs here.
+    pub fn request_pressure(&self, level: Level) {
+        self.shared.request_pressure(level);
+    }
+
     /// Runs the timed work now (whole-hugepage releases past their delay, collapses), as the
     /// release thread does.
     pub fn maintain(&self) -> Result<(), HeapError> {
@@ -602,6 +613,7 @@ impl Shared {
             page,
             background: opts.background,
             next_due: std::sync::atomic::AtomicU64::new(u64::MAX),
+            pressure_req: std::sync::atomic::AtomicU8::new(0),
             stop: Mutex::new(false),
             wake: Condvar::new(),
         })
@@ -623,6 +635,30 @@ impl Shared {
         if now >= self.next_due.load(Relaxed) {
             let next = core.maintain(now).unwrap_or(now + 1_000_000_000);
             self.next_due.store(next, Relaxed);
+        }
+    }
+
+    fn request_pressure(&self, level: Level) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.background {
+            let _ = self.lock().pressure(level, now_ns());
+            return;
+        }
+        self.pressure_req.fetch_max(1 + level as u8, SeqCst);
+        // Take the lock the worker sleeps under, so the wake-up cannot fall between its
+        // check and its wait.
+        let _g = self.stop.lock().unwrap_or_else(|e| e.into_inner());
+        self.wake.notify_all();
+    }
+
+    /// The pressure level asked for since the last call, if any.
+    fn take_pressure(&self) -> Option<Level> {
+        use std::sync::atomic::Ordering::SeqCst;
+        match self.pressure_req.swap(0, SeqCst) {
+            1 => Some(Level::Low),
+            2 => Some(Level::Medium),
+            3 => Some(Level::Critical),
+            _ => None,
         }
     }
 
@@ -671,6 +707,9 @@ fn worker(weak: std::sync::Weak<Shared>) {
         let Some(s) = weak.upgrade() else { return };
         let next = {
             let mut core = s.lock();
+            if let Some(level) = s.take_pressure() {
+                let _ = core.pressure(level, now_ns());
+            }
             core.maintain(now_ns()).unwrap_or(u64::MAX)
         };
         s.next_due.store(next, Relaxed);
@@ -679,6 +718,9 @@ fn worker(weak: std::sync::Weak<Shared>) {
         let stop = s.stop.lock().unwrap_or_else(|e| e.into_inner());
         if *stop {
             return;
+        }
+        if s.pressure_req.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+            continue;
         }
         let (stop, _) = s
             .wake
