@@ -23,6 +23,11 @@ enum Command {
     Ps(cmd::ps::Args),
     /// Give memory advice to another process (process_madvise) and report what it did.
     Advise(cmd::advise::Args),
+    /// Live memory pressure: PSI, memory cgroup events, MemAvailable.
+    Watch(cmd::watch::Args),
+    /// Benchmarks, each compared side by side in one run.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
     /// The memory lab: zram swap for experiments by hand.
     #[command(subcommand)]
     Lab(cmd::lab::LabCommand),
@@ -38,6 +43,8 @@ fn main() {
         Command::Ps(a) => cmd::ps::run(a),
         Command::Advise(a) => cmd::advise::run(a),
         Command::Lab(c) => cmd::lab::run(c),
+        Command::Watch(a) => cmd::watch::run(a),
+        Command::Bench(c) => cmd::bench::run(c),
         Command::Hog => ebb_lab::hog::run_child(std::iter::empty())
             .map_err(|e| anyhow::anyhow!("running as hog: {e}")),
     };

@@ -25,6 +25,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod hog;
 pub mod sandbox;
 pub mod zram;
@@ -32,4 +33,3 @@ pub mod zram;
 pub use hog::Hog;
 pub use sandbox::{Sandbox, SandboxConfig, sweep_stale};
 pub use zram::{Lab, ZramStatus, ZramSwap};
-pub mod bench;

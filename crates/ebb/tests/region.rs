@@ -183,3 +183,73 @@ fn stats_find_the_region_by_address_even_without_vma_names() {
     assert_eq!(sb.rss, 0);
     assert!(sa.vmas >= 1);
 }
+
+/// Moves this test process into a sandbox and back out on drop (before the sandbox itself
+/// is dropped, which would otherwise kill its members). nextest runs each test in its own
+/// process, so only this test is moved.
+struct Inside<'a> {
+    home: ebb::cgroup::MemoryCgroup,
+    _sandbox: &'a ebb_lab::Sandbox,
+}
+
+impl<'a> Inside<'a> {
+    fn enter(sandbox: &'a ebb_lab::Sandbox) -> Inside<'a> {
+        let home = ebb::cgroup::own_memory_cgroup(std::process::id())
+            .unwrap()
+            .expect("this process has a memory cgroup");
+        sandbox.add(std::process::id()).unwrap();
+        Inside {
+            home,
+            _sandbox: sandbox,
+        }
+    }
+}
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        let _ = self.home.add_process(std::process::id());
+    }
+}
+
+#[test]
+fn free_loses_contents_under_a_sandbox_limit() {
+    let sandbox = ebb_lab::Sandbox::new(ebb_lab::SandboxConfig {
+        name_hint: "lazyfree".into(),
+        memory_limit: Some(64 * MIB as u64),
+        swap_limit: None,
+    })
+    .expect("a sandbox (needs root and the memory controller)");
+    let inside = Inside::enter(&sandbox);
+    // Pages allocated from now on are charged to the sandbox.
+    let mut freed = Region::new(48 * MIB).unwrap();
+    freed.advise(.., Advice::NoHugePage).unwrap();
+    for (i, page) in freed.as_mut_slice().chunks_mut(4096).enumerate() {
+        page.fill((i % 255) as u8 + 1);
+    }
+    freed.advise_mut(.., Advice::Free).unwrap();
+    // A newcomer needs 40 MiB of a 64 MiB budget: reclaim discards lazily freed pages
+    // (clean and unreferenced: mm/rmap.c try_to_unmap_one) instead of OOM-killing us.
+    let mut newcomer = Region::new(40 * MIB).unwrap();
+    newcomer.as_mut_slice().fill(9);
+    let mut lost = 0;
+    for (i, page) in freed.as_slice().chunks(4096).enumerate() {
+        let want = (i % 255) as u8 + 1;
+        if page.iter().all(|b| *b == 0) {
+            lost += 1;
+        } else {
+            assert!(
+                page.iter().all(|b| *b == want),
+                "page {i} is neither intact nor zero"
+            );
+        }
+    }
+    drop(inside);
+    let pages = 48 * MIB / 4096;
+    assert!(
+        lost > 0,
+        "no lazily freed page was discarded under the limit"
+    );
+    assert!(lost <= pages);
+    assert!(newcomer.as_slice().iter().all(|b| *b == 9));
+    eprintln!("{lost} of {pages} lazily freed pages were discarded under a 64 MiB limit");
+}

@@ -1,4 +1,7 @@
-//! Benchmarks behind `ebb bench <name>`: each reports ratios measured side by side in one run.
+//! Benchmarks behind `ebb bench <name>`: each module has `Options`, `run` and a
+//! serializable `Report` with a `render` table.
 
 pub mod heap;
 pub mod heap_child;
+pub mod heap_pressure;
+pub mod pressure;
