@@ -390,3 +390,44 @@ fn requested_pressure_is_released_by_the_heap_thread() {
     );
     assert_eq!(st.releases.low.bytes, 8 * HUGE as u64);
 }
+
+/// The whole path with no help: the heap child attaches an `ebb::pressure::Monitor` on its
+/// sandbox (v1 pressure_level and a usage watermark), holds 192 MiB free with a release delay
+/// of an hour, and a neighbour then needs them. The monitor's event makes the heap release
+/// and the neighbour survives.
+#[test]
+fn a_monitor_event_makes_the_heap_release_for_its_neighbour() {
+    let held: u64 = 192 << 20;
+    let sandbox = Sandbox::new(SandboxConfig {
+        name_hint: "heap-test".into(),
+        memory_limit: Some(288 << 20),
+        swap_limit: Some(0),
+    })
+    .expect("this test needs root and the v1 memory controller");
+    let mut heap = HeapChild::spawn_with("ebb", &["3600000"], Some(&sandbox)).unwrap();
+    heap.request(&format!("fill {held} {}", 1 << 20)).unwrap();
+    heap.request("free").unwrap();
+    heap.request(&format!("watch {}", sandbox.path().display()))
+        .unwrap();
+    assert_eq!(
+        heap.stats().unwrap()[1],
+        held,
+        "free-held before the neighbour"
+    );
+    let mut hog = Hog::spawn(Some(&sandbox)).unwrap();
+    ebb::procfs::oom::write_oom_score_adj(hog.pid(), 1000).unwrap();
+    let survived = hog.fill(held).is_ok() && hog.verify().unwrap_or(false);
+    let after = heap.stats().unwrap();
+    assert!(
+        survived,
+        "the neighbour was OOM-killed; heap stats after {after:?}"
+    );
+    assert!(
+        after[2] >= held * 9 / 10,
+        "released only {} bytes",
+        after[2]
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let events = heap.request("events").unwrap();
+    assert_ne!(events[0], "0", "no pressure event was recorded: {events:?}");
+}

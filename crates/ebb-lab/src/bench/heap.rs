@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use ebb::Advice;
 use ebb::heap::{HeapOptions, PageHeap, Span, ThpCoverage};
 
+use super::heap_pressure::{PressureOptions, PressureReport, run_pressure};
+
 /// Errors of the heap benchmark.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -108,6 +110,8 @@ pub struct Report {
     pub reuse: BTreeMap<String, BTreeMap<String, ReuseFigures>>,
     /// `thp.<allocator>`.
     pub thp: BTreeMap<String, ThpFigures>,
+    /// The pressure scenario.
+    pub pressure: Option<PressureReport>,
     /// Live bytes of the churn in the thp scenario.
     pub thp_live_bytes: usize,
 }
@@ -408,6 +412,7 @@ pub fn run(opts: &Options) -> Result<Report, Error> {
         gap_seconds: if opts.quick { 1.2 } else { 11.0 },
         reuse: BTreeMap::new(),
         thp: BTreeMap::new(),
+        pressure: None,
         thp_live_bytes: if opts.quick { 256 << 20 } else { 1 << 30 },
     };
     if opts.reuse {
@@ -415,6 +420,9 @@ pub fn run(opts: &Options) -> Result<Report, Error> {
     }
     if opts.thp {
         run_thp(opts, &mut report)?;
+    }
+    if opts.pressure {
+        report.pressure = Some(run_pressure(&PressureOptions { quick: opts.quick })?);
     }
     Ok(report)
 }
@@ -450,6 +458,9 @@ impl Report {
             for (name, f) in &self.thp {
                 let _ = writeln!(s, "    {name:<14} coverage {:>6.1}%", f.coverage * 100.0);
             }
+        }
+        if let Some(p) = &self.pressure {
+            s.push_str(&p.render());
         }
         s
     }

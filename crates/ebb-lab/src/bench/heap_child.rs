@@ -7,17 +7,20 @@
 //! | `fill <bytes> <block>` | allocate `bytes` in blocks of `block`, write every byte | `ok` |
 //! | `free` | free every block (the heap now holds the memory free) | `ok` |
 //! | `pressure <low\|medium\|critical>` | ebb heaps: `handle_pressure` | `ok <bytes released>` |
+//! | `watch <cgroup dir>` | ebb: attach an `ebb::pressure::Monitor` on the cgroup (v1 `memory.pressure_level` and a usage watermark) with `PageHeap::attach`, and record the first event | `ok` |
+//! | `events` | ebb: `<count> <first event ms (CLOCK_MONOTONIC)> <released by +100 ms> <released by +1 s> <free at watch>` (bytes) | `ok …` |
 //! | `stats` | the heap's accounting and the THP coverage of its reservation | `ok <live> <free_held> <released> <rss> <anon_huge> <lazy_free> <splits>` |
 //! | `exit` | exit | `ok` |
 //!
-//! Kinds: `ebb` (default options), `ebb-keep` (never releases: infinite delay, pressure
+//! Arguments: `<kind> [release delay ms]`. Kinds: `ebb` (default options but the delay), `ebb-keep` (never releases: infinite delay, pressure
 //! ignored), `jemalloc`, `mimalloc` (their defaults, via their `GlobalAlloc` impls).
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ebb::heap::{HeapOptions, PageHeap, Span};
 use ebb::pressure::Level;
@@ -42,8 +45,12 @@ pub fn program() -> io::Result<PathBuf> {
     ))
 }
 
+/// The first pressure event as the child saw it: (events so far, its time in ms of
+/// `CLOCK_MONOTONIC`, bytes released by +100 ms, by +1 s, free bytes when watching began).
+type FirstEvent = Arc<Mutex<(u64, f64, u64, u64, u64)>>;
+
 enum Heap {
-    Ebb(PageHeap),
+    Ebb(Arc<PageHeap>),
     Jemalloc,
     Mimalloc,
 }
@@ -57,25 +64,26 @@ fn level(word: &str) -> Option<Level> {
     }
 }
 
-/// Runs the child: `args` is `[kind]`.
+/// Runs the child: `args` is `[kind, release delay ms]`.
 pub fn child_main(args: impl IntoIterator<Item = String>) -> io::Result<()> {
-    let kind = args.into_iter().next().unwrap_or_else(|| "ebb".into());
+    let mut args = args.into_iter();
+    let kind = args.next().unwrap_or_else(|| "ebb".into());
+    let delay = args
+        .next()
+        .and_then(|d| d.parse().ok())
+        .map_or(HeapOptions::default().release_delay, Duration::from_millis);
+    let ebb = |release_delay| {
+        PageHeap::new(HeapOptions {
+            reservation: 8 << 30,
+            release_delay,
+            ..HeapOptions::default()
+        })
+        .map(|h| Heap::Ebb(Arc::new(h)))
+        .map_err(io::Error::other)
+    };
     let heap = match kind.as_str() {
-        "ebb" => Heap::Ebb(
-            PageHeap::new(HeapOptions {
-                reservation: 8 << 30,
-                ..HeapOptions::default()
-            })
-            .map_err(io::Error::other)?,
-        ),
-        "ebb-keep" => Heap::Ebb(
-            PageHeap::new(HeapOptions {
-                reservation: 8 << 30,
-                release_delay: Duration::from_secs(1 << 30),
-                ..HeapOptions::default()
-            })
-            .map_err(io::Error::other)?,
-        ),
+        "ebb" => ebb(delay)?,
+        "ebb-keep" => ebb(Duration::from_secs(1 << 30))?,
         "jemalloc" => Heap::Jemalloc,
         "mimalloc" => Heap::Mimalloc,
         other => {
@@ -86,6 +94,9 @@ pub fn child_main(args: impl IntoIterator<Item = String>) -> io::Result<()> {
         }
     };
     let keep = kind == "ebb-keep";
+    let mut monitor: Option<ebb::pressure::Monitor> = None;
+    // (count, first event ms, released by +100 ms, by +1 s, free at watch)
+    let first: FirstEvent = Arc::default();
     let mut blocks: Vec<(*mut u8, usize)> = Vec::new();
     let stdin = io::stdin();
     let mut out = io::stdout().lock();
@@ -148,6 +159,18 @@ pub fn child_main(args: impl IntoIterator<Item = String>) -> io::Result<()> {
                 (Some(_), _) => "ok 0".to_string(),
                 (None, _) => "error level is low, medium or critical".to_string(),
             },
+            ["watch", dir] => match &heap {
+                Heap::Ebb(h) if !keep => {
+                    let m = watch(h, dir, &first)?;
+                    monitor = Some(m);
+                    "ok".to_string()
+                }
+                _ => "error watch is for ebb heaps".to_string(),
+            },
+            ["events"] => {
+                let f = *first.lock().unwrap_or_else(|e| e.into_inner());
+                format!("ok {} {} {} {} {}", f.0, f.1, f.2, f.3, f.4)
+            }
             ["stats"] => match &heap {
                 Heap::Ebb(h) => {
                     let s = h.stats();
@@ -166,6 +189,7 @@ pub fn child_main(args: impl IntoIterator<Item = String>) -> io::Result<()> {
                 _ => "error stats are for ebb heaps".to_string(),
             },
             ["exit"] => {
+                drop(monitor.take());
                 writeln!(out, "ok")?;
                 out.flush()?;
                 return Ok(());
@@ -178,6 +202,54 @@ pub fn child_main(args: impl IntoIterator<Item = String>) -> io::Result<()> {
     Ok(())
 }
 
+/// Milliseconds of `CLOCK_MONOTONIC` (what `Instant` reads on Linux) at `at`.
+fn monotonic_ms(at: Instant) -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into our stack variable.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let now = ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6;
+    now - at.elapsed().as_secs_f64() * 1e3
+}
+
+/// Attaches a monitor of `dir` to the heap, and samples the heap's released bytes 100 ms
+/// and 1 s after the first event into `first`.
+fn watch(
+    heap: &Arc<PageHeap>,
+    dir: &str,
+    first: &FirstEvent,
+) -> io::Result<ebb::pressure::Monitor> {
+    use ebb::pressure::{Monitor, Source};
+    let monitor = Monitor::new().map_err(io::Error::other)?;
+    monitor
+        .add(Source::v1_pressure_level(dir))
+        .map_err(io::Error::other)?;
+    monitor
+        .add(Source::watermark(dir))
+        .map_err(io::Error::other)?;
+    let rx = monitor.subscribe();
+    heap.attach(&monitor);
+    let s = heap.stats();
+    let (base, free) = (s.released_bytes as u64, s.free_held_bytes as u64);
+    first.lock().unwrap_or_else(|e| e.into_inner()).4 = free;
+    let heap = Arc::clone(heap);
+    let first = Arc::clone(first);
+    std::thread::spawn(move || {
+        let Ok(e) = rx.recv() else { return };
+        let released = |h: &PageHeap| (h.stats().released_bytes as u64).saturating_sub(base);
+        std::thread::sleep(Duration::from_millis(100).saturating_sub(e.at.elapsed()));
+        let r100 = released(&heap);
+        std::thread::sleep(Duration::from_secs(1).saturating_sub(e.at.elapsed()));
+        let r1 = released(&heap);
+        let count = 1 + rx.try_iter().count() as u64;
+        *first.lock().unwrap_or_else(|e| e.into_inner()) =
+            (count, monotonic_ms(e.at), r100, r1, free);
+    });
+    Ok(monitor)
+}
+
 /// The parent's handle on an `ebb-heap-child`; killed and reaped on drop.
 pub struct HeapChild {
     child: std::process::Child,
@@ -188,8 +260,18 @@ pub struct HeapChild {
 impl HeapChild {
     /// Spawns a child holding a heap of `kind`, inside `sandbox` if given.
     pub fn spawn(kind: &str, sandbox: Option<&crate::Sandbox>) -> io::Result<HeapChild> {
+        HeapChild::spawn_with(kind, &[], sandbox)
+    }
+
+    /// Like [`HeapChild::spawn`], with more arguments (the release delay in ms).
+    pub fn spawn_with(
+        kind: &str,
+        args: &[&str],
+        sandbox: Option<&crate::Sandbox>,
+    ) -> io::Result<HeapChild> {
         let mut cmd = std::process::Command::new(program()?);
         cmd.arg(kind)
+            .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped());
         let mut child = match sandbox {

@@ -111,6 +111,36 @@ pub(crate) struct Core {
     live_spans: Option<HashMap<usize, usize>>,
 }
 
+/// Pins lazily freed pages so the kernel can no longer discard them: MADV_POPULATE_WRITE
+/// faults them in for write, which marks each folio (each PMD of a THP) dirty without touching
+/// a byte (GUP with FOLL_WRITE | FOLL_TOUCH), so reclaim keeps it. `runs: None` pins the whole
+/// hugepage `i` in one call — for an intact hugepage this is the UNSPLITTABLE take-back, one
+/// call per 2 MiB — and returns whether that worked. Short runs, and kernels before 5.14
+/// (which refuse the advice), get one byte of each page rewritten with its own value instead.
+fn pin_lazy(base: usize, page: usize, i: usize, runs: Option<&Bits>) -> bool {
+    let hp = base + i * PAGES * page;
+    let populate = |addr: usize, len: usize| {
+        crate::sys::madvise_hint(addr, len, Advice::PopulateWrite).is_ok()
+    };
+    let Some(runs) = runs else {
+        return populate(hp, PAGES * page);
+    };
+    for (s, l) in runs.runs() {
+        let addr = hp + s * page;
+        if l >= 16 && populate(addr, l * page) {
+            continue;
+        }
+        for p in 0..l {
+            let a = (addr + p * page) as *mut u8;
+            // SAFETY: the page lies inside the reservation, which stays mapped read-write
+            // while the heap lives, and no span covers it (it was free until this claim,
+            // under the heap lock): nothing else accesses it.
+            unsafe { a.write_volatile(a.read_volatile()) };
+        }
+    }
+    true
+}
+
 /// The monotonic clock, coarse (a tick or so): cheap enough for every free.
 pub(crate) fn now_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -399,16 +429,20 @@ impl Core {
             let h = &mut self.huges[i];
             let range = Bits::range(pos, len);
             // Lazily freed pages with contents that may be non-zero: the kernel may still
-            // discard them (they then read as zero) until each is written. Write one byte of
-            // each, with the value it reads, so a span's bytes never change underneath it.
+            // discard them (they then read as zero) until each is written. Pin them so a
+            // span's bytes never change underneath it (see `pin_lazy`).
             let lazy = range.and(&h.released).and(&h.zero.not());
-            for (s, l) in lazy.runs() {
-                for p in s..s + l {
-                    let addr = (base + (i * PAGES + p) * page) as *mut u8;
-                    // SAFETY: the page lies inside the reservation, which stays mapped
-                    // read-write while the heap lives, and no span covers it (it was free
-                    // until this call, under the heap lock), so nothing else accesses it.
-                    unsafe { addr.write_volatile(addr.read_volatile()) };
+            if !lazy.is_empty() {
+                let whole = !h.split && h.dropped.is_empty();
+                let unreleased = whole && pin_lazy(base, page, i, None);
+                if !unreleased {
+                    pin_lazy(base, page, i, Some(&lazy));
+                }
+                if unreleased {
+                    // The whole hugepage is taken back: its other free pages are held again.
+                    let back = h.released.and(&range.not()).count();
+                    h.released = range.and(&h.released);
+                    self.released_pages -= back;
                 }
             }
             if let Some(v) = not_zero.as_deref_mut() {

@@ -528,6 +528,23 @@ impl PageHeap {
         self.shared.lock().pressure(level, now_ns())
     }
 
+    /// Subscribes the heap to `monitor`'s events: each one hands a release of its level to the
+    /// heap's release thread ([`PageHeap::request_pressure`]), so the monitor's thread returns
+    /// at once. Events that end a registration (`Removed`, `Failed`) release nothing. The
+    /// subscription holds the heap weakly: once the heap is dropped it does nothing.
+    pub fn attach(&self, monitor: &crate::pressure::Monitor) {
+        use crate::pressure::Detail;
+        let weak = Arc::downgrade(&self.shared);
+        monitor.on_event(move |e| {
+            if matches!(e.detail, Detail::Removed { .. } | Detail::Failed { .. }) {
+                return;
+            }
+            if let Some(s) = weak.upgrade() {
+                s.request_pressure(e.level);
+            }
+        });
+    }
+
     /// Asks for a pressure release without waiting for it: the release thread does it at
     /// once (its wake-up takes microseconds), so the caller — typically a pressure monitor's
     /// thread, which serves other sources too — is not held up by a large release. Without a
