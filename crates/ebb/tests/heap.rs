@@ -431,3 +431,37 @@ fn a_monitor_event_makes_the_heap_release_for_its_neighbour() {
     let events = heap.request("events").unwrap();
     assert_ne!(events[0], "0", "no pressure event was recorded: {events:?}");
 }
+
+/// After pressure passes, a split hugepage that filled up again is re-formed with
+/// MADV_COLLAPSE: the heap counts the collapse and the reservation is mapped huge again.
+#[test]
+fn split_hugepages_that_fill_up_are_collapsed_after_pressure() {
+    let heap = PageHeap::new(HeapOptions {
+        partial_min_idle: std::time::Duration::ZERO,
+        collapse_quiet: std::time::Duration::ZERO,
+        collapse_min_used: 500,
+        ..opts(16 * HUGE)
+    })
+    .unwrap();
+    let mut a = heap.alloc(256).unwrap();
+    let mut b = heap.alloc(256).unwrap();
+    a.as_mut_slice().fill(1);
+    b.as_mut_slice().fill(2);
+    assert_eq!(heap.thp_coverage().unwrap().anon_huge_pages, HUGE as u64);
+    heap.free(b).unwrap();
+    assert_eq!(heap.handle_pressure(Level::Medium).unwrap(), HUGE / 2);
+    assert_eq!(heap.stats().splits, 1);
+    assert_eq!(heap.thp_coverage().unwrap().anon_huge_pages, 0, "not split");
+    // Full again; the next timed pass (pressure is quiet: collapse_quiet is zero) collapses.
+    let mut b = heap.alloc(256).unwrap();
+    b.as_mut_slice().fill(3);
+    heap.maintain().unwrap();
+    let st = heap.stats();
+    assert_eq!(st.collapses + st.collapse_failures, 1, "{st:?}");
+    if st.collapses == 1 {
+        assert_eq!(heap.thp_coverage().unwrap().anon_huge_pages, HUGE as u64);
+    }
+    assert!(a.as_slice().iter().all(|&x| x == 1) && b.as_slice().iter().all(|&x| x == 3));
+    heap.free(a).unwrap();
+    heap.free(b).unwrap();
+}

@@ -17,23 +17,47 @@ pub(crate) const PAGES: usize = BITS;
 const NIL: u32 = u32::MAX;
 /// Classes of fullness within one filler bucket (used pages / 64).
 const CLASSES: usize = 8;
+/// Classes of longest-free-run length: `floor(log2(len))`, 1..=511 → 0..=8.
+const LENGTH_CLASSES: usize = 9;
+
+/// The length class of a free run of `len` pages (1..=511): `floor(log2(len))`. Every
+/// hugepage in class `c` has a free run of at least `2^c` pages.
+fn length_class(len: usize) -> usize {
+    debug_assert!((1..PAGES).contains(&len));
+    (usize::BITS - 1 - len.leading_zeros()) as usize
+}
 
 /// Which list a hugepage is on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum List {
     /// Full: on no list.
     None,
-    /// Partly used: in the filler bucket `(longest free run, fullness class)`.
-    Filler(u16, u8),
+    /// Partly used: in the filler bucket `(length class of its longest free run, fullness
+    /// class)`; see [`length_class`].
+    Filler(u8, u8),
     /// Entirely free, some of it still held: waiting for the timed whole-hugepage release.
     Pending,
     /// Entirely free and entirely released.
     Released,
 }
 
-/// One 2 MiB hugepage of the reservation.
+/// One 2 MiB hugepage of the reservation. `repr(C)` with the fields an allocation or a free
+/// reads first, then `used`: the hot path touches two cache lines of it.
 #[derive(Clone, Debug)]
+#[repr(C)]
 struct Huge {
+    used_pages: u16,
+    /// Its longest free run, kept while it is on the filler.
+    longest: u16,
+    /// `released`, `zero` and `dropped` are all empty (cached, so the hot path skips them).
+    clean: bool,
+    /// A partial release broke its PMD mapping and no collapse has re-formed it since.
+    split: bool,
+    list: List,
+    prev: u32,
+    next: u32,
+    /// When a span in it was last freed (monotonic coarse ns): the LRU timestamp.
+    last_free: u64,
     /// Pages handed out in live spans.
     used: Bits,
     /// Free pages given back to the kernel (MADV_FREE, MADV_DONTNEED).
@@ -42,14 +66,6 @@ struct Huge {
     zero: Bits,
     /// Free pages dropped with MADV_DONTNEED (not resident).
     dropped: Bits,
-    used_pages: u16,
-    /// When a span in it was last freed (monotonic coarse ns): the LRU timestamp.
-    last_free: u64,
-    /// A partial release broke its PMD mapping and no collapse has re-formed it since.
-    split: bool,
-    list: List,
-    prev: u32,
-    next: u32,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -159,9 +175,9 @@ impl Core {
             page,
             max_huges,
             huges: Vec::new(),
-            filler: vec![ListHead::EMPTY; PAGES * CLASSES],
+            filler: vec![ListHead::EMPTY; LENGTH_CLASSES * CLASSES],
             filler_nonempty: Bits::EMPTY,
-            class_mask: vec![0; PAGES],
+            class_mask: vec![0; LENGTH_CLASSES],
             pending: ListHead::EMPTY,
             released_list: ListHead::EMPTY,
             live_pages: 0,
@@ -267,22 +283,30 @@ impl Core {
         h.next = NIL;
     }
 
-    /// The list a hugepage belongs on, from its bits.
-    fn list_for(h: &Huge) -> List {
+    /// The list a hugepage belongs on, from its bits (and its longest free run).
+    fn list_for(h: &Huge, longest: usize) -> List {
         match h.used_pages as usize {
             0 if h.released == Bits::FULL => List::Released,
             0 => List::Pending,
             PAGES => List::None,
-            used => {
-                let longest = h.used.not().longest_run();
-                List::Filler(longest as u16, (used / (PAGES / CLASSES)) as u8)
-            }
+            used => List::Filler(
+                length_class(longest) as u8,
+                (used / (PAGES / CLASSES)) as u8,
+            ),
         }
     }
 
-    /// Puts hugepage `i` on the list its bits call for (at the tail: newest).
+    /// Puts hugepage `i` on the list its bits call for (at the tail: newest). The filler's
+    /// buckets are coarse (length and fullness classes), so most allocations and frees leave
+    /// a hugepage in its bucket and cost no list update.
     fn relist(&mut self, i: u32) {
-        let want = Self::list_for(&self.huges[i as usize]);
+        let h = &mut self.huges[i as usize];
+        let longest = match h.used_pages as usize {
+            0 | PAGES => 0,
+            _ => h.used.not().longest_run(),
+        };
+        h.longest = longest as u16;
+        let want = Self::list_for(h, longest);
         if want == self.huges[i as usize].list && want != List::Pending {
             return;
         }
@@ -304,6 +328,8 @@ impl Core {
             zero: Bits::FULL,
             dropped: Bits::FULL,
             used_pages: 0,
+            longest: 0,
+            clean: false,
             last_free: 0,
             split: false,
             list: List::None,
@@ -364,6 +390,37 @@ impl Core {
         Some(start as u32)
     }
 
+    /// A partly used hugepage with a free run of `pages` (< 512): from the lowest length class
+    /// that can hold it (Temeraire's "shortest longest free range that fits", by powers of
+    /// two), the fullest such. In the lowest class a run may still be too short, so up to 8
+    /// of its hugepages are checked before moving up, where every one fits.
+    fn filler_find(&self, pages: usize) -> Option<u32> {
+        let exact = pages.is_power_of_two();
+        let mut lc = self.filler_nonempty.next_set(length_class(pages));
+        while lc < LENGTH_CLASSES {
+            let mut mask = self.class_mask[lc];
+            while mask != 0 {
+                let fc = 7 - mask.leading_zeros() as usize;
+                mask &= !(1 << fc);
+                let mut i = self.filler[lc * CLASSES + fc].head;
+                if exact || lc > length_class(pages) {
+                    return Some(i);
+                }
+                for _ in 0..8 {
+                    if i == NIL {
+                        break;
+                    }
+                    if self.huges[i as usize].longest as usize >= pages {
+                        return Some(i);
+                    }
+                    i = self.huges[i as usize].next;
+                }
+            }
+            lc = self.filler_nonempty.next_set(lc + 1);
+        }
+        None
+    }
+
     /// Finds room for `pages` pages and marks them live. Collects the runs not known to be
     /// zero when `want_not_zero`; stabilises pages that were lazily freed (see `claim`).
     pub(crate) fn alloc(
@@ -380,20 +437,19 @@ impl Core {
         }
         let exhausted = || HeapError::Exhausted { pages, reservation };
         let first = if pages < PAGES {
-            let l = self.filler_nonempty.next_set(pages);
-            if l < PAGES {
-                let mask = self.class_mask[l];
-                let class = 7 - mask.leading_zeros() as usize;
-                let i = self.filler[l * CLASSES + class].head;
-                let pos = self.huges[i as usize]
-                    .used
-                    .not()
-                    .best_fit(pages)
-                    .expect("filler bucket promises a free run this long");
-                i as usize * PAGES + pos
-            } else {
-                let i = self.take_empty().ok_or_else(exhausted)?;
-                i as usize * PAGES
+            match self.filler_find(pages) {
+                Some(i) => {
+                    let pos = self.huges[i as usize]
+                        .used
+                        .not()
+                        .best_fit(pages)
+                        .expect("filler_find checks the longest free run");
+                    i as usize * PAGES + pos
+                }
+                None => {
+                    let i = self.take_empty().ok_or_else(exhausted)?;
+                    i as usize * PAGES
+                }
             }
         } else {
             let k = pages.div_ceil(PAGES);
@@ -428,6 +484,19 @@ impl Core {
             let page = self.page;
             let h = &mut self.huges[i];
             let range = Bits::range(pos, len);
+            if h.clean {
+                // Nothing released or known zero: the common case of reuse needs neither
+                // pinning nor bookkeeping beyond `used` (and touches no other bitmap).
+                if let Some(v) = not_zero.as_deref_mut() {
+                    v.push((g, len));
+                }
+                h.used.set(pos, len);
+                h.used_pages += len as u16;
+                self.live_pages += len;
+                self.relist(i as u32);
+                g += len;
+                continue;
+            }
             // Lazily freed pages with contents that may be non-zero: the kernel may still
             // discard them (they then read as zero) until each is written. Pin them so a
             // span's bytes never change underneath it (see `pin_lazy`).
@@ -455,6 +524,7 @@ impl Core {
             h.released.clear(pos, len);
             h.zero.clear(pos, len);
             h.dropped.clear(pos, len);
+            h.clean = h.released.is_empty() && h.zero.is_empty();
             h.used_pages += len as u16;
             self.released_pages -= was_released;
             self.live_pages += len;
@@ -556,6 +626,7 @@ impl Core {
             }
         }
         let h = &mut self.huges[i];
+        h.clean = false;
         h.released = h.released.or(&free);
         if advice == Advice::DontNeed {
             h.dropped = h.dropped.or(&free);
@@ -628,6 +699,7 @@ impl Core {
                     h.released = Bits::EMPTY;
                     h.dropped = Bits::EMPTY;
                     h.split = false;
+                    h.clean = h.zero.is_empty();
                     self.released_pages -= back;
                     self.collapses += 1;
                     self.collapse_backoff_ns = 1_000_000_000;
@@ -750,7 +822,20 @@ impl Core {
                 "hugepage {i}: live and known zero"
             );
             assert_eq!(h.dropped.and(&h.released.not()), Bits::EMPTY);
-            assert_eq!(h.list, Self::list_for(h), "hugepage {i} on the wrong list");
+            assert_eq!(
+                h.clean,
+                h.released.is_empty() && h.zero.is_empty() && h.dropped.is_empty(),
+                "hugepage {i}: stale clean flag"
+            );
+            let longest = match h.used_pages as usize {
+                0 | PAGES => 0,
+                _ => h.used.not().longest_run(),
+            };
+            assert_eq!(
+                h.list,
+                Self::list_for(h, longest),
+                "hugepage {i} on the wrong list"
+            );
             live += h.used_pages as usize;
             released += h.released.count();
         }
