@@ -465,3 +465,44 @@ fn split_hugepages_that_fill_up_are_collapsed_after_pressure() {
     heap.free(a).unwrap();
     heap.free(b).unwrap();
 }
+
+/// With `max_free_bytes`, a free that pushes the held bytes over the budget releases on the
+/// spot: whole hugepages first (no split), then partial ones.
+#[test]
+fn the_budget_releases_what_exceeds_it() {
+    let heap = PageHeap::new(HeapOptions {
+        max_free_bytes: Some(4 * HUGE),
+        ..opts(32 * HUGE)
+    })
+    .unwrap();
+    let mut spans: Vec<_> = (0..8).map(|_| heap.alloc(512).unwrap()).collect();
+    for s in &mut spans {
+        s.as_mut_slice().fill(5);
+    }
+    for s in spans {
+        heap.free(s).unwrap();
+        assert!(heap.stats().free_held_bytes <= 4 * HUGE);
+    }
+    let st = heap.stats();
+    assert_eq!(st.free_held_bytes, 4 * HUGE);
+    assert_eq!(st.releases.budget.bytes, 4 * HUGE as u64);
+    assert_eq!(st.splits, 0);
+    // Partly free hugepages go too once whole ones are not enough.
+    let mut small: Vec<_> = (0..64).map(|_| heap.alloc(64).unwrap()).collect();
+    for s in &mut small {
+        s.as_mut_slice().fill(6);
+    }
+    let mut keep = Vec::new();
+    for (i, s) in small.into_iter().enumerate() {
+        if i % 8 == 0 {
+            keep.push(s);
+        } else {
+            heap.free(s).unwrap();
+        }
+    }
+    assert!(heap.stats().free_held_bytes <= 4 * HUGE);
+    for s in keep {
+        assert!(s.as_slice().iter().all(|&b| b == 6));
+        heap.free(s).unwrap();
+    }
+}
