@@ -2,5 +2,8 @@
 //! serializable `Report` with a `render` table.
 
 pub mod cache;
+pub mod heap;
+pub mod heap_child;
+pub mod heap_pressure;
 pub mod pressure;
 pub mod volatile;
