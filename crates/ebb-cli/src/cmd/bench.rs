@@ -44,6 +44,30 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The hugepage-preserving heap against the floor, per-span MADV_FREE/DONTNEED, glibc,
+    /// jemalloc and mimalloc: reuse cost and faults, THP coverage, release under pressure.
+    Heap {
+        /// Short gaps, fewer bursts, smaller churn.
+        #[arg(long)]
+        quick: bool,
+        /// Run only these scenarios (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<HeapScenario>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The scenarios of `ebb bench heap`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HeapScenario {
+    /// Bursts of alloc + write + free with idle gaps.
+    Reuse,
+    /// THP coverage under random churn.
+    Thp,
+    /// Release when a neighbour needs the memory.
+    Pressure,
 }
 
 fn emit<R: Serialize>(report: &R, render: impl FnOnce(&R) -> String, json: bool) -> Result<()> {
@@ -79,6 +103,18 @@ pub fn run(c: BenchCommand) -> Result<()> {
                 ..Options::default()
             })
             .map_err(|e| anyhow!("bench volatile: {e}"))?;
+            emit(&report, |r| r.render(), json)
+        }
+        BenchCommand::Heap { quick, only, json } => {
+            use ebb_lab::bench::heap::{Options, run};
+            let all = only.is_empty();
+            let report = run(&Options {
+                quick,
+                reuse: all || only.contains(&HeapScenario::Reuse),
+                thp: all || only.contains(&HeapScenario::Thp),
+                pressure: all || only.contains(&HeapScenario::Pressure),
+            })
+            .map_err(|e| anyhow!("bench heap: {e}"))?;
             emit(&report, |r| r.render(), json)
         }
         BenchCommand::Cache { quick, json } => {
