@@ -25,6 +25,8 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod app;
+pub mod bench;
 pub mod hog;
 pub mod sandbox;
 pub mod zram;
