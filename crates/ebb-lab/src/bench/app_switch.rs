@@ -457,6 +457,9 @@ pub struct PolicyReport {
     pub compaction_bytes_advised: Option<u64>,
     /// Bytes paged out to swap over the run (pswpout × page size).
     pub bytes_paged_out: u64,
+    /// Major faults of the apps' sandbox over the run (`memory.stat` `pgmajfault`):
+    /// pages read back from swap or disk by the apps alone.
+    pub sandbox_pgmajfault: Option<u64>,
     /// `pswpin` delta (pages, machine-wide).
     pub pswpin: u64,
     /// `pswpout` delta (pages, machine-wide).
@@ -991,6 +994,7 @@ fn run_policy(
         memory_limit: Some(limit),
         swap_limit: None,
     })?;
+    let avail0_kib = meminfo_available_kib()?;
     let (daemon, configuration) = match policy {
         Policy::Kernel => (
             None,
@@ -1015,7 +1019,7 @@ fn run_policy(
                 Err(e) => return Ok(Err(e)),
             }
         }
-        Policy::Earlyoom => match start_earlyoom(meminfo_available_kib()?, config.budget_bytes) {
+        Policy::Earlyoom => match start_earlyoom(avail0_kib, config.budget_bytes) {
             Ok((d, how)) => (Some(d), how),
             Err(e) => return Ok(Err(e)),
         },
@@ -1046,6 +1050,11 @@ fn run_policy(
     let vm0 = ebb::procfs::vmstat::read()?;
     let psi0 = ebb::procfs::pressure::read_memory().ok();
     let oom0 = sandbox.cgroup().oom_kills().unwrap_or(0);
+    let majflt0 = sandbox
+        .stat()
+        .ok()
+        .and_then(|st| st.get("total_pgmajfault").or_else(|| st.get("pgmajfault")))
+        .unwrap_or(0);
     let cpu0 = run.daemon.as_ref().and_then(|d| cpu_seconds(d.cpu_pid));
     let t_run = Instant::now();
 
@@ -1177,6 +1186,21 @@ fn run_policy(
             .or_else(|_| std::fs::read_to_string(sandbox.path().join("memory.peak")))
             .ok()
             .and_then(|t| t.trim().parse().ok());
+    r.sandbox_pgmajfault = sandbox
+        .stat()
+        .ok()
+        .and_then(|st| st.get("total_pgmajfault").or_else(|| st.get("pgmajfault")))
+        .map(|v| v.saturating_sub(majflt0));
+    if policy == Policy::Earlyoom {
+        // earlyoom's threshold is absolute: other users' memory moves it.
+        if let (Ok(avail), Ok(usage)) = (meminfo_available_kib(), sandbox.usage()) {
+            let drift = (avail + usage / 1024) as f64 / 1024.0 - avail0_kib as f64 / 1024.0;
+            r.notes.push(format!(
+                "MemAvailable + apps' charge moved by {drift:+.0} MiB during the run (other users of the machine): \
+                 earlyoom's effective budget was off by that much"
+            ));
+        }
+    }
     r.foreground_mib_per_s = if run.fg_time.is_zero() {
         0.0
     } else {
@@ -1225,6 +1249,9 @@ fn run_policy(
                 .map(Daemon::log_lines)
                 .unwrap_or_default();
             for l in &lines {
+                if l.contains("sending") || l.contains("rror") || l.contains("kill") {
+                    r.notes.push(format!("earlyoom: {l}"));
+                }
                 if l.contains("sending SIGTERM") {
                     *r.kills_by_reason
                         .entry("earlyoom-sigterm".into())
@@ -1249,7 +1276,10 @@ fn run_policy(
     if let Ok(z) = ZramSwap::shared(0, "lz4").and_then(|z| z.status()) {
         r.zram_orig_bytes = z.orig_data_size;
         r.zram_mem_used_bytes = z.mem_used_total;
-        r.zram_ratio = z.compression_ratio();
+        // An almost empty device's ratio is its fixed overhead, not compression.
+        r.zram_ratio = z
+            .compression_ratio()
+            .filter(|_| z.orig_data_size >= 16 * MIB);
     }
     if let Some(d) = run.daemon.as_ref() {
         if let (Some(c0), Some(c1)) = (cpu0, cpu_seconds(d.cpu_pid)) {
@@ -1502,7 +1532,11 @@ impl Report {
             col(&|r| format!("{:.0}", r.bytes_paged_out as f64 / MIB as f64)),
         ));
         rows.push((
-            "pswpin / pswpout",
+            "apps' major faults",
+            col(&|r| r.sandbox_pgmajfault.map_or("-".into(), |v| v.to_string())),
+        ));
+        rows.push((
+            "pswpin / pswpout (machine)",
             col(&|r| format!("{}/{}", r.pswpin, r.pswpout)),
         ));
         rows.push((
@@ -1587,7 +1621,7 @@ impl Report {
         for n in &order {
             let r = &self.policies[*n];
             let _ = writeln!(s, "{n}: {}", r.configuration);
-            for note in r.notes.iter().take(5) {
+            for note in r.notes.iter().take(8) {
                 let _ = writeln!(s, "  note: {note}");
             }
         }
