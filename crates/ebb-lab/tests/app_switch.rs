@@ -138,9 +138,7 @@ fn tiny_run_keeps_its_invariants_and_leaves_nothing_behind() {
         .unwrap()
         .flatten()
         .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .contains(&format!("ebb-appswitch-"))
+            e.file_name().to_string_lossy().contains("ebb-appswitch-")
                 && e.file_name().to_string_lossy().contains(&format!("-{me}-"))
         })
         .collect();
