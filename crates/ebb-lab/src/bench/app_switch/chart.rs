@@ -153,7 +153,7 @@ where
     let max = all.fold(1.0f64, f64::max) * 1.3;
     let mut chart = ChartBuilder::on(root)
         .caption(
-            "Resume (solid) and cold-start (dashed) latency, CDF",
+            "Resume (thick) and cold-start (dots) latency, CDF per policy",
             ("sans-serif", 22),
         )
         .margin(15)
@@ -186,19 +186,19 @@ where
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], c.stroke_width(2)));
         }
         if !r.cold_start_ms.is_empty() {
-            let pts = cdf(&r.cold_start_ms);
-            // Dashed: every other segment.
-            let segs: Vec<PathElement<(f64, f64)>> = pts
-                .windows(2)
-                .enumerate()
-                .filter(|(i, _)| i % 2 == 0)
-                .map(|(_, w)| PathElement::new(vec![w[0], w[1]], c.stroke_width(1)))
-                .collect();
-            chart.draw_series(segs).map_err(err)?;
+            chart
+                .draw_series(LineSeries::new(
+                    cdf(&r.cold_start_ms),
+                    c.mix(0.6).stroke_width(1),
+                ))
+                .map_err(err)?;
             chart
                 .draw_series(PointSeries::of_element(
-                    pts.iter().step_by(2).copied(),
-                    2,
+                    r.cold_start_ms
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &x)| (x.max(0.5), (i + 1) as f64 / r.cold_start_ms.len() as f64)),
+                    3,
                     c,
                     &|p, s, st| Circle::new(p, s, st.filled()),
                 ))
