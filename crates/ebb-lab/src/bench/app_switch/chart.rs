@@ -75,32 +75,22 @@ where
     let mut chart = ChartBuilder::on(root)
         .caption(
             format!(
-                "Hot starts per switch: {} apps x {} MiB, budget {} MiB",
+                "Hot starts per switch (solid: from RAM, light: from swap): {} apps x {} MiB, budget {} MiB",
                 report.config.apps,
                 report.config.app_mib,
                 report.config.budget_bytes >> 20
             ),
-            ("sans-serif", 22),
+            ("sans-serif", 18),
         )
         .margin(15)
-        .x_label_area_size(40)
+        .x_label_area_size(10)
         .y_label_area_size(55)
-        .build_cartesian_2d(0f64..n as f64, 0f64..1.05f64)
+        .build_cartesian_2d(0f64..n as f64, 0f64..1.15f64)
         .map_err(err)?;
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(n)
-        .x_label_formatter(&|x| {
-            let i = (x - 0.5).round();
-            if (x - 0.5 - i).abs() < 0.01 && i >= 0.0 {
-                names
-                    .get(i as usize)
-                    .map_or(String::new(), |s| s.to_string())
-            } else {
-                String::new()
-            }
-        })
+        .x_labels(0)
         .y_desc("fraction of switches")
         .label_style(("sans-serif", 15))
         .draw()
@@ -121,19 +111,12 @@ where
             .map_err(err)?;
         chart
             .draw_series([Text::new(
-                format!("{:.2}", r.hot_start_ratio),
-                (i as f64 + 0.4, (ram + swap + 0.03).min(1.02)),
+                format!("{name}: {:.2}", r.hot_start_ratio),
+                (i as f64 + 0.2, ram + swap + 0.06),
                 ("sans-serif", 16),
             )])
             .map_err(err)?;
     }
-    chart
-        .draw_series([Text::new(
-            "solid: hot from RAM, light: hot from swap".to_string(),
-            (0.05, 1.02),
-            ("sans-serif", 13),
-        )])
-        .map_err(err)?;
     root.present().map_err(err)
 }
 
