@@ -8,7 +8,7 @@
 //! - **Apps**: `apps` children running `ebb-app` (see [`crate::app`]), each with a working
 //!   set of `app_mib` MiB: 7/8 anonymous memory of mixed compressibility computed by a
 //!   hash chain, 1/8 a private mapping of a data file, and a hot part (1/8 of the
-//!   anonymous memory and 1/32 of the file) touched on every resume. A cold start is exec
+//!   anonymous memory, and a quarter as much again from the file) touched on every resume. A cold start is exec
 //!   plus rebuilding the working set; a resume touches the hot part and checks every page
 //!   of it against the hashes it had when built.
 //! - **Trace**: `switches` foreground switches drawn from a Zipf distribution
@@ -44,6 +44,10 @@
 //! paged out, pswpin/pswpout deltas, zram compression ratio, PSI some/full deltas,
 //! daemon CPU % of one core (`utime + stime` of the daemon over the run's wall time),
 //! foreground throughput, and pages found corrupt (must be 0).
+//!
+//! # Safety contract
+//! The only `unsafe` is the `pre_exec` hook that makes each policy daemon die with the
+//! benchmark (`prctl(PR_SET_PDEATHSIG)`): one async-signal-safe syscall in the forked child.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -201,8 +205,8 @@ pub struct Options {
     pub ebbd: Option<PathBuf>,
     /// The kill level given to ebbd for `kill-only` and `ebbd` (default `critical`).
     pub kill_min_level: Option<String>,
-    /// Send `mark` over ebbd's socket on every switch (instant band changes) besides
-    /// writing `oom_score_adj` (default true).
+    /// Do not send `mark` over ebbd's socket on band changes: ebbd then learns them only
+    /// from `oom_score_adj` at its next scan (by default both are done).
     pub no_marks: bool,
 }
 
@@ -671,7 +675,7 @@ fn start_ebbd(
     let config_path = dir.join("ebbd.toml");
     std::fs::write(&config_path, &config)
         .map_err(|e| format!("writing {}: {e}", config_path.display()))?;
-    let mut child = Command::new(program)
+    let mut child = die_with_parent(Command::new(program))
         .arg("--config")
         .arg(&config_path)
         .stdin(Stdio::null())
@@ -780,7 +784,7 @@ fn start_earlyoom(available_kib: u64, budget: u64) -> Result<(Daemon, String), S
         "--avoid".into(),
         not_app.into(),
     ];
-    let mut child = Command::new("unshare")
+    let mut child = die_with_parent(Command::new("unshare"))
         .args(["--pid", "--fork", "--mount-proc", "--kill-child", "--"])
         .arg(&earlyoom)
         .args(&args)
@@ -847,6 +851,25 @@ fn start_earlyoom(available_kib: u64, budget: u64) -> Result<(Daemon, String), S
     Ok((daemon, how))
 }
 
+/// Have the kernel send SIGTERM to the daemon if the benchmark dies without cleaning
+/// up (`PR_SET_PDEATHSIG`): no daemon outlives its run. (`unshare --kill-child` then
+/// takes earlyoom, and its PID namespace, down with it.)
+fn die_with_parent(mut cmd: Command) -> Command {
+    use std::os::unix::process::CommandExt;
+    let hook = || -> std::io::Result<()> {
+        // SAFETY: prctl(2) with PR_SET_PDEATHSIG takes two integers and touches no memory;
+        // it is a plain syscall, safe between fork and exec.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook makes one async-signal-safe syscall and allocates nothing, as
+    // `pre_exec` requires of code running in the forked child.
+    unsafe { cmd.pre_exec(hook) };
+    cmd
+}
+
 fn children_of(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .unwrap_or_default()
@@ -869,6 +892,8 @@ struct Run<'a> {
     sandbox: &'a Sandbox,
     program: PathBuf,
     daemon: Option<Daemon>,
+    /// Send ebbd `mark`s as well as writing `oom_score_adj`.
+    marks: bool,
     slots: Vec<Slot>,
     r: PolicyReport,
     fg_bytes: u64,
@@ -916,7 +941,12 @@ impl Run<'_> {
             return;
         }
         let _ = ebb::procfs::oom::write_oom_score_adj(pid, adj);
-        if let Some(sock) = self.daemon.as_ref().and_then(|d| d.socket.as_ref()) {
+        if let Some(sock) = self
+            .daemon
+            .as_ref()
+            .and_then(|d| d.socket.as_ref())
+            .filter(|_| self.marks)
+        {
             let band = match adj {
                 ADJ_FOREGROUND => "foreground",
                 ADJ_CACHED => "cached",
@@ -1031,6 +1061,7 @@ fn run_policy(
         sandbox: &sandbox,
         program: program.to_path_buf(),
         daemon,
+        marks: !opts.no_marks,
         slots: (0..config.apps)
             .map(|i| Slot {
                 app: None,
