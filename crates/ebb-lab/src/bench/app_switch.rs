@@ -205,6 +205,9 @@ pub struct Options {
     pub ebbd: Option<PathBuf>,
     /// The kill level given to ebbd for `kill-only` and `ebbd` (default `critical`).
     pub kill_min_level: Option<String>,
+    /// Extra ebbd settings for `kill-only` and `ebbd`, `section.key=value` (a TOML
+    /// value), e.g. `compaction.min_growth_mib=32`; they appear in the report.
+    pub ebbd_set: Vec<String>,
     /// Do not send `mark` over ebbd's socket on band changes: ebbd then learns them only
     /// from `oom_score_adj` at its next scan (by default both are done).
     pub no_marks: bool,
@@ -459,7 +462,11 @@ pub struct PolicyReport {
     pub compactions: Option<u64>,
     /// Bytes ebbd advised for page-out (ebbd).
     pub compaction_bytes_advised: Option<u64>,
-    /// Bytes paged out to swap over the run (pswpout × page size).
+    /// ebbd's own account: RSS its compactions reclaimed, bytes.
+    pub ebbd_rss_reclaimed_bytes: Option<u64>,
+    /// ebbd's own account: swap its compactions added, bytes.
+    pub ebbd_swap_gained_bytes: Option<u64>,
+    /// Bytes paged out to swap over the run (pswpout × page size, machine-wide).
     pub bytes_paged_out: u64,
     /// Major faults of the apps' sandbox over the run (`memory.stat` `pgmajfault`):
     /// pages read back from swap or disk by the apps alone.
@@ -651,16 +658,69 @@ pub fn ebbd_program(explicit: Option<&Path>) -> Result<PathBuf, String> {
     ))
 }
 
-/// The ebbd configuration for a policy.
-fn ebbd_config(cgroup: &Path, socket: &Path, compaction: bool, min_level: &str) -> String {
-    format!(
-        "[scope]\ncgroup = {cg:?}\n\n[ranks]\nscan_interval_ms = 200\n\n\
-         [compaction]\nenabled = {compaction}\n\n\
-         [kill]\nenabled = true\ncgroup = {cg:?}\nmin_level = {min_level:?}\n\n\
-         [socket]\npath = {sock:?}\n",
-        cg = cgroup.display().to_string(),
-        sock = socket.display().to_string(),
-    )
+/// The ebbd configuration for a policy: the benchmark's settings, then `extra`
+/// (`section.key=value`, value a TOML literal) replacing or adding keys.
+fn ebbd_config(
+    cgroup: &Path,
+    socket: &Path,
+    compaction: bool,
+    min_level: &str,
+    extra: &[String],
+) -> Result<String, String> {
+    let cg = format!("{:?}", cgroup.display().to_string());
+    let mut sections: Vec<(String, Vec<(String, String)>)> = vec![
+        ("scope".into(), vec![("cgroup".into(), cg.clone())]),
+        (
+            "ranks".into(),
+            vec![("scan_interval_ms".into(), "200".into())],
+        ),
+        (
+            "compaction".into(),
+            vec![("enabled".into(), compaction.to_string())],
+        ),
+        (
+            "kill".into(),
+            vec![
+                ("enabled".into(), "true".into()),
+                ("cgroup".into(), cg),
+                ("min_level".into(), format!("{min_level:?}")),
+            ],
+        ),
+        (
+            "socket".into(),
+            vec![("path".into(), format!("{:?}", socket.display().to_string()))],
+        ),
+    ];
+    for e in extra {
+        let (path, value) = e
+            .split_once('=')
+            .ok_or_else(|| format!("ebbd setting {e:?} is not section.key=value"))?;
+        let (section, key) = path
+            .trim()
+            .split_once('.')
+            .ok_or_else(|| format!("ebbd setting {e:?} is not section.key=value"))?;
+        let i = match sections.iter().position(|(s, _)| s == section) {
+            Some(i) => i,
+            None => {
+                sections.push((section.to_string(), Vec::new()));
+                sections.len() - 1
+            }
+        };
+        let keys = &mut sections[i].1;
+        match keys.iter_mut().find(|(k, _)| k == key) {
+            Some(kv) => kv.1 = value.trim().to_string(),
+            None => keys.push((key.to_string(), value.trim().to_string())),
+        }
+    }
+    let mut out = String::new();
+    for (section, keys) in sections {
+        let _ = writeln!(out, "[{section}]");
+        for (k, v) in keys {
+            let _ = writeln!(out, "{k} = {v}");
+        }
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 fn start_ebbd(
@@ -669,9 +729,10 @@ fn start_ebbd(
     cgroup: &Path,
     compaction: bool,
     min_level: &str,
+    extra: &[String],
 ) -> Result<(Daemon, String), String> {
     let socket = dir.join("ebbd.sock");
-    let config = ebbd_config(cgroup, &socket, compaction, min_level);
+    let config = ebbd_config(cgroup, &socket, compaction, min_level, extra)?;
     let config_path = dir.join("ebbd.toml");
     std::fs::write(&config_path, &config)
         .map_err(|e| format!("writing {}: {e}", config_path.display()))?;
@@ -1047,6 +1108,7 @@ fn run_policy(
                 sandbox.path(),
                 policy == Policy::Ebbd,
                 &config.kill_min_level,
+                &opts.ebbd_set,
             ) {
                 Ok((d, how)) => (Some(d), how),
                 Err(e) => return Ok(Err(e)),
@@ -1262,6 +1324,10 @@ fn run_policy(
                         r.compactions = st.get("compactions").and_then(|v| v.as_u64());
                         r.compaction_bytes_advised =
                             st.get("compaction_bytes_advised").and_then(|v| v.as_u64());
+                        r.ebbd_rss_reclaimed_bytes =
+                            st.get("rss_reclaimed_bytes").and_then(|v| v.as_u64());
+                        r.ebbd_swap_gained_bytes =
+                            st.get("swap_gained_bytes").and_then(|v| v.as_u64());
                     }
                     Err(e) => r.notes.push(format!("ebbd status: {e}")),
                 }
@@ -1563,8 +1629,15 @@ impl Report {
             col(&|r| r.compactions.map_or("-".into(), |c| c.to_string())),
         ));
         rows.push((
-            "paged out MiB",
+            "paged out MiB (machine)",
             col(&|r| format!("{:.0}", r.bytes_paged_out as f64 / MIB as f64)),
+        ));
+        rows.push((
+            "ebbd RSS reclaimed MiB",
+            col(&|r| {
+                r.ebbd_rss_reclaimed_bytes
+                    .map_or("-".into(), |b| format!("{:.0}", b as f64 / MIB as f64))
+            }),
         ));
         rows.push((
             "apps' major faults",
@@ -1730,9 +1803,26 @@ mod tests {
             Path::new("/tmp/s.sock"),
             false,
             "critical",
+            &[
+                "compaction.min_growth_mib=32".into(),
+                "kill.min_level=\"medium\"".into(),
+            ],
+        )
+        .unwrap();
+        assert!(c.contains("[compaction]\nenabled = false\nmin_growth_mib = 32\n"));
+        assert!(c.contains("min_level = \"medium\"\n"));
+        assert!(!c.contains("critical"));
+        assert!(
+            ebbd_config(
+                Path::new("/x"),
+                Path::new("/s"),
+                true,
+                "low",
+                &["nodot=1".into()]
+            )
+            .is_err()
         );
         assert!(c.contains("[scope]\ncgroup = \"/sys/fs/cgroup/memory/ebb-x-1-0\""));
-        assert!(c.contains("[compaction]\nenabled = false"));
         assert!(c.contains("[kill]\nenabled = true\ncgroup = \"/sys/fs/cgroup/memory/ebb-x-1-0\""));
         assert!(c.contains("[socket]\npath = \"/tmp/s.sock\""));
     }
