@@ -489,6 +489,8 @@ pub struct PolicyReport {
     pub psi_full_ms: Option<f64>,
     /// CPU the daemon (ebbd, earlyoom) used, % of one core over the run.
     pub daemon_cpu_pct: Option<f64>,
+    /// CPU seconds the daemon used (user + kernel).
+    pub daemon_cpu_s: Option<f64>,
     /// The kernel-mode part of `daemon_cpu_pct`: for ebbd mostly the page-out work that
     /// process_madvise(MADV_PAGEOUT) does in the caller's context.
     pub daemon_system_cpu_pct: Option<f64>,
@@ -1385,6 +1387,7 @@ fn run_policy(
         if let Some((u, s)) = cpu_split(d.cpu_pid) {
             let wall_d = d.started.elapsed().as_secs_f64().max(wall.as_secs_f64());
             r.daemon_cpu_pct = Some(100.0 * (u + s) / wall_d);
+            r.daemon_cpu_s = Some(u + s);
             r.daemon_system_cpu_pct = Some(100.0 * s / wall_d);
         }
     }
@@ -1631,6 +1634,15 @@ impl Report {
         rows.push((
             "paged out MiB (machine)",
             col(&|r| format!("{:.0}", r.bytes_paged_out as f64 / MIB as f64)),
+        ));
+        rows.push((
+            "daemon CPU s per GiB reclaimed",
+            col(&|r| match (r.daemon_cpu_s, r.ebbd_rss_reclaimed_bytes) {
+                (Some(c), Some(b)) if b >= 64 * MIB => {
+                    format!("{:.2}", c / (b as f64 / (1u64 << 30) as f64))
+                }
+                _ => "-".into(),
+            }),
         ));
         rows.push((
             "ebbd RSS reclaimed MiB",
