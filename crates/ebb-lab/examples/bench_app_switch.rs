@@ -7,7 +7,7 @@
 //!
 //! Flags: `--quick`, `--apps N`, `--app-mib M`, `--budget SIZE` (e.g. `1G`),
 //! `--policy LIST` (comma-separated: kernel,kill-only,ebbd,earlyoom), `--seed S`,
-//! `--switches N`, `--dwell-ms MS`, `--rounds R`, `--kill-level LEVEL`, `--no-marks`,
+//! `--switches N`, `--dwell-ms MS`, `--rounds R`, `--zipf S`, `--kill-level LEVEL`, `--no-marks`,
 //! `--ebbd-set section.key=value` (repeatable),
 //! `--json`, `--out DIR`.
 use std::process::ExitCode;
@@ -18,7 +18,7 @@ fn usage(msg: &str) -> ExitCode {
     eprintln!("bench_app_switch: {msg}");
     eprintln!(
         "usage: bench_app_switch [--quick] [--apps N] [--app-mib M] [--budget SIZE] [--policy LIST] \
-         [--seed S] [--switches N] [--dwell-ms MS] [--rounds R] [--kill-level LEVEL] [--no-marks] [--ebbd-set S.K=V] [--json] [--out DIR]"
+         [--seed S] [--switches N] [--dwell-ms MS] [--rounds R] [--zipf S] [--kill-level LEVEL] [--no-marks] [--ebbd-set S.K=V] [--json] [--out DIR]"
     );
     ExitCode::from(2)
 }
@@ -56,6 +56,9 @@ fn main() -> ExitCode {
                     opts.rounds = Some(value(&a)?.parse().map_err(|e| format!("--rounds: {e}"))?)
                 }
                 "--no-marks" => opts.no_marks = true,
+                "--zipf" => {
+                    opts.zipf_s = Some(value(&a)?.parse().map_err(|e| format!("--zipf: {e}"))?)
+                }
                 "--ebbd-set" => opts.ebbd_set.push(value(&a)?),
                 "--kill-level" => opts.kill_min_level = Some(value(&a)?),
                 "--out" => opts.out_dir = Some(value(&a)?.into()),
