@@ -23,6 +23,16 @@ enum Command {
     Ps(cmd::ps::Args),
     /// Give memory advice to another process (process_madvise) and report what it did.
     Advise(cmd::advise::Args),
+    /// Tell ebbd where a process stands: foreground, visible, perceptible, cached or normal.
+    Mark(cmd::mark::Args),
+    /// The ebbd daemon: its status over the socket.
+    #[command(subcommand)]
+    Daemon(cmd::daemon::DaemonCommand),
+    /// Live memory pressure: PSI, memory cgroup events, MemAvailable.
+    Watch(cmd::watch::Args),
+    /// Benchmarks, each compared side by side in one run.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
     /// The memory lab: zram swap for experiments by hand.
     #[command(subcommand)]
     Lab(cmd::lab::LabCommand),
@@ -37,7 +47,11 @@ fn main() {
         Command::Status(a) => cmd::status::run(a),
         Command::Ps(a) => cmd::ps::run(a),
         Command::Advise(a) => cmd::advise::run(a),
+        Command::Mark(a) => cmd::mark::run(a),
+        Command::Daemon(c) => cmd::daemon::run(c),
         Command::Lab(c) => cmd::lab::run(c),
+        Command::Watch(a) => cmd::watch::run(a),
+        Command::Bench(c) => cmd::bench::run(c),
         Command::Hog => ebb_lab::hog::run_child(std::iter::empty())
             .map_err(|e| anyhow::anyhow!("running as hog: {e}")),
     };

@@ -246,3 +246,73 @@ fn zram_lab_up_advise_pageout_lab_down() {
     assert!(down["removed"].is_string(), "{down}");
     assert_eq!(swap_devices(), swaps_before);
 }
+
+/// `ebb watch --cgroup <sandbox> --json` prints a JSON event when a child overruns the
+/// sandbox's limit. The delay is printed, not asserted (the machine is shared); the deadline
+/// only keeps a broken watcher from hanging the test.
+#[test]
+fn watch_json_reports_a_child_overrunning_its_sandbox() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let sb = Sandbox::new(SandboxConfig {
+        name_hint: "watch".into(),
+        memory_limit: Some(64 * MIB),
+        swap_limit: Some(0),
+    })
+    .unwrap();
+    let path = sb.path().to_str().unwrap().to_string();
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_ebb"))
+        .args([
+            "watch",
+            "--cgroup",
+            &path,
+            "--json",
+            "--count",
+            "1",
+            "--duration",
+            "20",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stderr = BufReader::new(watch.stderr.take().unwrap());
+    let stdout = watch.stdout.take().unwrap();
+    let _reap = Reap(watch);
+    // The first stderr line lists the sources: the watcher is registered.
+    let mut sources = String::new();
+    stderr.read_line(&mut sources).unwrap();
+    let listed: Value = serde_json::from_str(&sources).unwrap();
+    assert!(
+        !listed["sources"].as_array().unwrap().is_empty(),
+        "{sources}"
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send((Instant::now(), line));
+        }
+    });
+    let mut hog = Hog::spawn(Some(&sb)).unwrap();
+    let started = Instant::now();
+    let _ = hog.fill(256 * MIB); // OOM-killed at the limit: that is the point
+    let (at, line) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no event within 10 s of the overrun");
+    let event: Value = serde_json::from_str(&line).unwrap();
+    for key in ["at_ms", "level", "source"] {
+        assert!(!event[key].is_null(), "missing {key}: {line}");
+    }
+    eprintln!(
+        "first event {:?} after the child started overrunning: {line}",
+        at.saturating_duration_since(started)
+    );
+}

@@ -106,10 +106,9 @@ fn sysfs(id: u32, file: &str) -> PathBuf {
 
 /// The device paths listed in `/proc/swaps` text.
 pub fn parse_proc_swaps(text: &str) -> Vec<PathBuf> {
-    text.lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().next())
-        .map(PathBuf::from)
+    ebb::procfs::swaps::parse(text)
+        .into_iter()
+        .map(|s| PathBuf::from(s.device))
         .collect()
 }
 

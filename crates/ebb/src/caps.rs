@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use crate::advice::Advice;
 use crate::cgroup::{self, CgroupVersion};
 use crate::procfs;
+pub use crate::procfs::swaps::{SwapDevice, parse as parse_swaps, read as read_swaps};
 use crate::sys;
 
 /// Transparent huge page settings from /sys/kernel/mm/transparent_hugepage.
@@ -26,21 +27,6 @@ pub struct Thp {
     pub max_ptes_none: Option<u32>,
     /// PMD huge page size in bytes.
     pub huge_page_size: usize,
-}
-
-/// One active swap device or file from /proc/swaps.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct SwapDevice {
-    /// Path of the device or file.
-    pub device: String,
-    /// `partition` or `file`.
-    pub kind: String,
-    /// Size in bytes.
-    pub size_bytes: u64,
-    /// Bytes in use.
-    pub used_bytes: u64,
-    /// Priority.
-    pub priority: i32,
 }
 
 /// Which PSI trigger windows the kernel accepts from this process.
@@ -231,31 +217,6 @@ fn detect_thp() -> Thp {
     }
 }
 
-/// Parses /proc/swaps (sizes there are KiB).
-pub fn parse_swaps(text: &str) -> Vec<SwapDevice> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 5 {
-                return None;
-            }
-            Some(SwapDevice {
-                device: f[0].replace("\\040", " "),
-                kind: f[1].to_string(),
-                size_bytes: f[2].parse::<u64>().ok()?.checked_mul(1024)?,
-                used_bytes: f[3].parse::<u64>().ok()?.checked_mul(1024)?,
-                priority: f[4].parse().ok()?,
-            })
-        })
-        .collect()
-}
-
-/// Reads the active swap devices from /proc/swaps.
-pub fn read_swaps() -> Result<Vec<SwapDevice>, procfs::Error> {
-    Ok(parse_swaps(&procfs::read_file("/proc/swaps")?))
-}
-
 fn detect_psi() -> Psi {
     let memory = procfs::pressure::read_memory().ok();
     let trigger_windows = if memory.is_some() {
@@ -341,22 +302,6 @@ fn detect_privileges() -> Privileges {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn swaps_parse() {
-        let text = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n/dev/zram0                              partition\t2097148\t\t1024\t\t100\n";
-        let s = parse_swaps(text);
-        assert_eq!(s.len(), 1);
-        assert_eq!(s[0].device, "/dev/zram0");
-        assert_eq!(s[0].size_bytes, 2097148 * 1024);
-        assert_eq!(s[0].used_bytes, 1024 * 1024);
-        assert_eq!(s[0].priority, 100);
-        assert!(parse_swaps("").is_empty());
-        assert!(
-            parse_swaps("header\ngarbage line\n/dev/x partition 99999999999999999999 0 1\n")
-                .is_empty()
-        );
-    }
 
     #[test]
     fn psi_window_rule() {

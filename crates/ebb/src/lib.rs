@@ -38,6 +38,7 @@
 #![deny(unsafe_code)]
 
 pub mod advice;
+pub mod cache;
 pub mod caps;
 pub mod cgroup;
 pub mod pressure;
@@ -45,6 +46,7 @@ pub mod process;
 pub mod procfs;
 pub mod region;
 pub mod sys;
+pub mod volatile;
 
 pub use advice::Advice;
 pub use caps::Capabilities;

@@ -41,6 +41,28 @@ pub fn huge_page_size() -> usize {
 /// The most iovecs one process_madvise(2) call takes (`UIO_MAXIOV`).
 pub const IOV_MAX: usize = 1024;
 
+/// A fresh private anonymous read-write mapping of `total` bytes, reserved lazily
+/// (`MAP_NORESERVE`), at an address of the kernel's choosing.
+fn mmap_fresh(total: usize) -> io::Result<*mut libc::c_void> {
+    // SAFETY: a new anonymous private mapping at a kernel-chosen address (NULL hint, no
+    // MAP_FIXED) cannot alias any memory Rust knows about.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            total,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(raw)
+    }
+}
+
 /// Maps `len` bytes of private anonymous read-write memory whose start is a multiple of
 /// `align` (a power of two, at least the page size). `len` must be a non-zero multiple of
 /// the page size.
@@ -55,21 +77,7 @@ pub fn map_anonymous(len: usize, align: usize) -> io::Result<NonNull<u8>> {
     let total = len
         .checked_add(extra)
         .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-    // SAFETY: a fresh anonymous private mapping at an address of the kernel's choosing
-    // (NULL hint, no MAP_FIXED) cannot alias any memory Rust knows about.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            total,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if raw == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
+    let raw = mmap_fresh(total)?;
     let base = raw as usize;
     let start = (base + align - 1) & !(align - 1);
     let head = start - base;
@@ -98,20 +106,7 @@ pub fn map_isolated(len: usize, align: usize) -> io::Result<NonNull<u8>> {
         .checked_add(align)
         .and_then(|t| t.checked_add(page))
         .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOMEM))?;
-    // SAFETY: as in map_anonymous: a fresh private mapping at a kernel-chosen address.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            total,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if raw == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
+    let raw = mmap_fresh(total)?;
     let base = raw as usize;
     let start = (base + page + align - 1) & !(align - 1);
     let guard_lo = start - page;

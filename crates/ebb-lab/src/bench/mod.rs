@@ -1,6 +1,7 @@
-//! Benchmarks: programs that measure ebb against baselines side by side, in one run.
-//!
-//! Each benchmark has `Options` (with `Default`), a `run` function and a `Report` that
-//! serialises to the JSON contract of its issue and renders a human table.
+//! Benchmarks behind `ebb bench <name>`: each module has `Options`, `run` and a
+//! serializable `Report` with a `render` table.
 
 pub mod app_switch;
+pub mod cache;
+pub mod pressure;
+pub mod volatile;

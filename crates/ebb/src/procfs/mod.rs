@@ -39,6 +39,7 @@ pub mod oom;
 pub mod pressure;
 pub mod smaps;
 pub mod status;
+pub mod swaps;
 pub mod vmstat;
 
 /// Longest excerpt of offending input kept in a [`ParseError`], in characters.
