@@ -25,6 +25,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod bench;
 pub mod hog;
 pub mod sandbox;

@@ -1,6 +1,7 @@
 //! Benchmarks behind `ebb bench <name>`: each module has `Options`, `run` and a
 //! serializable `Report` with a `render` table.
 
+pub mod app_switch;
 pub mod cache;
 pub mod heap;
 pub mod heap_child;
