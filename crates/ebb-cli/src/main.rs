@@ -17,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job: quick benchmarks side by side, the lab set up and torn down, one summary.
+    Demo(cmd::demo::Args),
     /// What this kernel and this process can do: advice, THP, swap, PSI, cgroups.
     Status(cmd::status::Args),
     /// Per-process memory: RSS, anonymous, swap, lazily freed and THP bytes.
@@ -44,6 +46,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(a) => cmd::demo::run(a),
         Command::Status(a) => cmd::status::run(a),
         Command::Ps(a) => cmd::ps::run(a),
         Command::Advise(a) => cmd::advise::run(a),

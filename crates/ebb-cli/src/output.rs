@@ -83,6 +83,28 @@ impl Table {
         out
     }
 
+    /// Renders the table with every column left-aligned (for prose cells).
+    pub fn render_text(&self) -> String {
+        let cols = self.header.len();
+        let mut width = vec![0; cols];
+        for r in std::iter::once(&self.header).chain(&self.rows) {
+            for (i, c) in r.iter().enumerate().take(cols) {
+                width[i] = width[i].max(c.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for r in std::iter::once(&self.header).chain(&self.rows) {
+            let line: Vec<String> = r
+                .iter()
+                .enumerate()
+                .take(cols)
+                .map(|(i, c)| format!("{c:<w$}", w = width[i]))
+                .collect();
+            let _ = writeln!(out, "{}", line.join("  ").trim_end());
+        }
+        out
+    }
+
     /// Renders the table.
     pub fn render(&self) -> String {
         let cols = self.header.len();

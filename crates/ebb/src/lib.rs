@@ -41,6 +41,7 @@ pub mod advice;
 pub mod cache;
 pub mod caps;
 pub mod cgroup;
+pub mod heap;
 pub mod pressure;
 pub mod process;
 pub mod procfs;

@@ -44,6 +44,96 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The hugepage-preserving heap against the floor, per-span MADV_FREE/DONTNEED, glibc,
+    /// jemalloc and mimalloc: reuse cost and faults, THP coverage, release under pressure.
+    Heap {
+        /// Short gaps, fewer bursts, smaller churn.
+        #[arg(long)]
+        quick: bool,
+        /// Run only these scenarios (default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<HeapScenario>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Hot starts vs cold starts: apps switched by a Zipf trace under a memory budget, with
+    /// the kernel alone, kill-only (lmkd-style), ebbd (compaction first) and earlyoom.
+    AppSwitch(AppSwitchArgs),
+}
+
+/// Arguments of `ebb bench app-switch`.
+#[derive(clap::Args)]
+pub struct AppSwitchArgs {
+    /// The quick profile (at most 3 minutes).
+    #[arg(long)]
+    quick: bool,
+    /// Number of apps.
+    #[arg(long)]
+    apps: Option<usize>,
+    /// Working set of each app, MiB.
+    #[arg(long)]
+    app_mib: Option<u64>,
+    /// Memory budget of all apps together (e.g. 1G; default: half the working sets).
+    #[arg(long, value_parser = crate::output::parse_size)]
+    budget: Option<u64>,
+    /// Policies to run, comma-separated: kernel, kill-only, ebbd, earlyoom.
+    #[arg(long, value_parser = parse_policies)]
+    policy: Option<PolicyList>,
+    /// Seed of the switch trace.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Number of switches.
+    #[arg(long)]
+    switches: Option<usize>,
+    /// Foreground work after each switch, ms.
+    #[arg(long)]
+    dwell_ms: Option<u64>,
+    /// Override an ebbd config key for the kill-only and ebbd policies (section.key=value).
+    #[arg(long = "ebbd-set", value_name = "SECTION.KEY=VALUE")]
+    ebbd_set: Vec<String>,
+    /// Write charts (PNG and SVG) and the JSON report here.
+    #[arg(long)]
+    out: Option<std::path::PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A parsed `--policy` list.
+#[derive(Clone)]
+pub struct PolicyList(Vec<ebb_lab::bench::app_switch::Policy>);
+
+fn parse_policies(s: &str) -> Result<PolicyList, String> {
+    ebb_lab::bench::app_switch::parse_policies(s).map(PolicyList)
+}
+
+/// Options of the app-switch benchmark from the command line.
+pub fn app_switch_options(a: &AppSwitchArgs) -> ebb_lab::bench::app_switch::Options {
+    ebb_lab::bench::app_switch::Options {
+        quick: a.quick,
+        apps: a.apps,
+        app_mib: a.app_mib,
+        budget: a.budget,
+        policies: a.policy.clone().map(|p| p.0).unwrap_or_default(),
+        seed: a.seed,
+        switches: a.switches,
+        dwell_ms: a.dwell_ms,
+        out_dir: a.out.clone(),
+        ebbd_set: a.ebbd_set.clone(),
+        ..Default::default()
+    }
+}
+
+/// The scenarios of `ebb bench heap`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HeapScenario {
+    /// Bursts of alloc + write + free with idle gaps.
+    Reuse,
+    /// THP coverage under random churn.
+    Thp,
+    /// Release when a neighbour needs the memory.
+    Pressure,
 }
 
 fn emit<R: Serialize>(report: &R, render: impl FnOnce(&R) -> String, json: bool) -> Result<()> {
@@ -80,6 +170,24 @@ pub fn run(c: BenchCommand) -> Result<()> {
             })
             .map_err(|e| anyhow!("bench volatile: {e}"))?;
             emit(&report, |r| r.render(), json)
+        }
+        BenchCommand::Heap { quick, only, json } => {
+            use ebb_lab::bench::heap::{Options, run};
+            let all = only.is_empty();
+            let report = run(&Options {
+                quick,
+                reuse: all || only.contains(&HeapScenario::Reuse),
+                thp: all || only.contains(&HeapScenario::Thp),
+                pressure: all || only.contains(&HeapScenario::Pressure),
+            })
+            .map_err(|e| anyhow!("bench heap: {e}"))?;
+            emit(&report, |r| r.render(), json)
+        }
+        BenchCommand::AppSwitch(a) => {
+            use ebb_lab::bench::app_switch::{run, terminal_progress};
+            let report = run(&app_switch_options(&a), terminal_progress())
+                .map_err(|e| anyhow!("bench app-switch: {e}"))?;
+            emit(&report, |r| r.render(), a.json)
         }
         BenchCommand::Cache { quick, json } => {
             use ebb_lab::bench::cache::{Options, run};

@@ -3,6 +3,7 @@
 pub mod advise;
 pub mod bench;
 pub mod daemon;
+pub mod demo;
 pub mod lab;
 pub mod mark;
 pub mod ps;

@@ -3,5 +3,8 @@
 
 pub mod app_switch;
 pub mod cache;
+pub mod heap;
+pub mod heap_child;
+pub mod heap_pressure;
 pub mod pressure;
 pub mod volatile;
