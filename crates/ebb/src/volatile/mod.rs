@@ -680,19 +680,21 @@ impl VolatileRegion {
         lost
     }
 
-    /// Starts loading the first cache line of page `page` (if inside the mapping), for
+    /// Starts loading the cache line of page `page`'s sentinel (the line pin exchanges and
+    /// unpin reads first; the page's first line if it has none), if inside the mapping, for
     /// writing if `write`: the page walks and cache misses of the pages ahead then overlap
     /// with the work on this one (an exchange is serialising, so it cannot overlap itself).
     /// A prefetch never faults and never maps anything.
     #[inline(always)]
     fn prefetch(&self, page: usize, write: bool) {
         #[cfg(target_arch = "x86_64")]
-        if page < self.sentinels.len() {
+        if let Some(s) = self.sentinels.get(page) {
             use std::arch::x86_64::{_MM_HINT_ET0, _MM_HINT_T0, _mm_prefetch};
+            let word = if s.word == NONE { 0 } else { s.word as usize };
             let p = self
                 .ptr
                 .as_ptr()
-                .wrapping_add(page * sys::page_size())
+                .wrapping_add(page * sys::page_size() + word * 8)
                 .cast::<i8>()
                 .cast_const();
             if write {
@@ -705,6 +707,27 @@ impl VolatileRegion {
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (page, write);
+    }
+
+    /// The sentinel of `[from, to)` (word indices) at unpin: the previous sentinel's word if
+    /// it is still non-zero, else the first non-zero word. Any non-zero word serves (a
+    /// discarded page reads all zero), and the previous one is the line the pin's exchange
+    /// just touched, where the first non-zero word may lie several cache misses further in.
+    #[inline(always)]
+    fn pick_sentinel(&self, from: usize, to: usize, prev: Sentinel) -> Sentinel {
+        if prev.word != NONE && (prev.word as usize) < to - from {
+            // SAFETY: `from + prev.word` is inside `[from, to)`, so inside the mapping and
+            // aligned; no mutable reference exists while unpinning (the guard is being
+            // dropped).
+            let value = unsafe { self.words().add(from + prev.word as usize).read() };
+            if value != 0 {
+                return Sentinel {
+                    word: prev.word,
+                    value,
+                };
+            }
+        }
+        self.first_nonzero(from, to)
     }
 
     /// Finds the first non-zero word in `[from, to)` (word indices), relative to `from`.
@@ -750,7 +773,8 @@ impl VolatileRegion {
             if self.huge_at_unpin.is_empty() {
                 for i in 0..self.sentinels.len() {
                     self.prefetch(i + PREFETCH_PAGES, false);
-                    self.sentinels[i] = self.first_nonzero(i * wpp, (i + 1) * wpp);
+                    self.sentinels[i] =
+                        self.pick_sentinel(i * wpp, (i + 1) * wpp, self.sentinels[i]);
                 }
             } else {
                 // The pin's scan is fresh enough when it found every full unit huge; else (first
@@ -780,10 +804,12 @@ impl VolatileRegion {
                     let last = ((u + 1) * ppu).min(pages);
                     self.prefetch((u + 2) * ppu, false);
                     if huge {
-                        self.sentinels[first] = self.first_nonzero(first * wpp, last * wpp);
+                        self.sentinels[first] =
+                            self.pick_sentinel(first * wpp, last * wpp, self.sentinels[first]);
                     } else {
                         for i in first..last {
-                            self.sentinels[i] = self.first_nonzero(i * wpp, (i + 1) * wpp);
+                            self.sentinels[i] =
+                                self.pick_sentinel(i * wpp, (i + 1) * wpp, self.sentinels[i]);
                         }
                     }
                 }
