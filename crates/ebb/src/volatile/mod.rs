@@ -620,21 +620,32 @@ impl VolatileRegion {
                 // may have been split and lost 4 KiB pieces the sentinel does not cover.
                 // The same scan tells the next unpin which units are huge.
                 let base = self.ptr.as_ptr() as usize;
-                let mut ranges = std::mem::take(&mut self.scratch);
-                ranges.clear();
-                let ok = pagemap::huge_ranges(base, base + self.map_len, &mut ranges).is_ok();
+                let full = self.map_len / self.unit;
                 let mut split = Vec::new();
-                for (u, &was_lost) in unit_lost.iter().enumerate() {
-                    let (s, e) = (base + u * self.unit, base + (u + 1) * self.unit);
-                    let now = ok && ranges.iter().any(|&(rs, re)| rs <= s && e <= re);
-                    let data = self.sentinels[u * ppu].word != NONE;
-                    if self.huge_at_unpin[u] && data && !was_lost && !now {
-                        split.push(u);
+                // The usual case, every full unit huge at unpin (a tail unit never is): one
+                // yes/no question, whether any page of them is not PMD-mapped now. Yes
+                // means nothing split and the record stands as it is.
+                let unchanged = full > 0
+                    && self.huge_at_unpin[..full].iter().all(|h| *h)
+                    && pagemap::all_huge(base, base + full * self.unit).unwrap_or(false);
+                if unchanged {
+                    self.huge_fresh = true;
+                } else {
+                    let mut ranges = std::mem::take(&mut self.scratch);
+                    ranges.clear();
+                    let ok = pagemap::huge_ranges(base, base + self.map_len, &mut ranges).is_ok();
+                    for (u, &was_lost) in unit_lost.iter().enumerate() {
+                        let (s, e) = (base + u * self.unit, base + (u + 1) * self.unit);
+                        let now = ok && ranges.iter().any(|&(rs, re)| rs <= s && e <= re);
+                        let data = self.sentinels[u * ppu].word != NONE;
+                        if self.huge_at_unpin[u] && data && !was_lost && !now {
+                            split.push(u);
+                        }
+                        self.huge_at_unpin[u] = now;
                     }
-                    self.huge_at_unpin[u] = now;
+                    self.huge_fresh = ok;
+                    self.scratch = ranges;
                 }
-                self.huge_fresh = ok;
-                self.scratch = ranges;
                 // A lost unit's exchange faulted in a fresh zeroed huge page: give it back.
                 for (u, lost_unit) in unit_lost.iter().enumerate() {
                     if *lost_unit {
