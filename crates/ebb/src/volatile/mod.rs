@@ -359,9 +359,14 @@ pub struct VolatileRegion {
     unit: usize,
     purgeable: bool,
     pinned: bool,
-    /// Per 4 KiB page: the sentinel (4 KiB units, and the small units of huge mode); in huge
-    /// mode the first page's entry of a huge unit holds the unit's sentinel.
+    /// Per 4 KiB page: the sentinel (4 KiB units, and the units of huge mode recorded page by
+    /// page).
     sentinels: Vec<Sentinel>,
+    /// Per unit in huge mode: the sentinel of a unit recorded as huge (word index from the
+    /// unit's start). Kept apart from `sentinels`, where the units' entries would lie 8 KiB
+    /// apart (a cache miss and often a TLB miss each when cold), so that a pin reads a few
+    /// dense lines.
+    unit_sentinels: Vec<Sentinel>,
     /// Per unit in huge mode: whether it was PMD-mapped at unpin.
     huge_at_unpin: Vec<bool>,
     /// Whether `huge_at_unpin` was refreshed by the last pin's scan.
@@ -450,6 +455,17 @@ impl VolatileRegion {
                 };
                 pages
             ],
+            unit_sentinels: if huge {
+                vec![
+                    Sentinel {
+                        word: NONE,
+                        value: 0
+                    };
+                    map_len.div_ceil(hpage)
+                ]
+            } else {
+                Vec::new()
+            },
             huge_at_unpin: if huge {
                 vec![false; map_len.div_ceil(hpage)]
             } else {
@@ -619,7 +635,7 @@ impl VolatileRegion {
                 for (u, &huge) in self.huge_at_unpin.iter().enumerate() {
                     let first = u * ppu;
                     if huge {
-                        let s = self.sentinels[first];
+                        let s = self.unit_sentinels[u];
                         // Straight to the exchange (see "Pinning a huge unit" in the module
                         // docs): a lost unit is released again below.
                         if s.word != NONE
@@ -663,7 +679,7 @@ impl VolatileRegion {
                     for (u, &was_lost) in unit_lost.iter().enumerate() {
                         let (s, e) = (base + u * self.unit, base + (u + 1) * self.unit);
                         let now = ok && ranges.iter().any(|&(rs, re)| rs <= s && e <= re);
-                        let data = self.sentinels[u * ppu].word != NONE;
+                        let data = self.unit_sentinels[u].word != NONE;
                         if self.huge_at_unpin[u] && data && !was_lost && !now {
                             split.push(u);
                         }
@@ -745,6 +761,26 @@ impl VolatileRegion {
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (page, write);
+    }
+
+    /// Starts loading the cache line of huge unit `unit`'s sentinel, if there is such a unit.
+    #[inline(always)]
+    fn prefetch_unit(&self, unit: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(s) = self.unit_sentinels.get(unit) {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let word = if s.word == NONE { 0 } else { s.word as usize };
+            let p = self
+                .ptr
+                .as_ptr()
+                .wrapping_add(unit * self.unit + word * 8)
+                .cast::<i8>()
+                .cast_const();
+            // SAFETY: prefetching is a hint: it never faults and changes no memory.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = unit;
     }
 
     /// The sentinel of `[from, to)` (word indices) at unpin: the previous sentinel's word if
@@ -840,10 +876,10 @@ impl VolatileRegion {
                     let huge = self.huge_at_unpin[u];
                     let first = u * ppu;
                     let last = ((u + 1) * ppu).min(pages);
-                    self.prefetch((u + 2) * ppu, false);
+                    self.prefetch_unit(u + 2);
                     if huge {
-                        self.sentinels[first] =
-                            self.pick_sentinel(first * wpp, last * wpp, self.sentinels[first]);
+                        self.unit_sentinels[u] =
+                            self.pick_sentinel(first * wpp, last * wpp, self.unit_sentinels[u]);
                     } else {
                         for i in first..last {
                             self.sentinels[i] =
