@@ -646,11 +646,12 @@ fn torture(opts: &Options) -> Result<Torture, Error> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             sh.stop.store(true, Ordering::Relaxed);
-            drop(hog);
             for w in workers {
                 w.join().expect("torture thread panicked")?;
             }
-            Ok(())
+            // A hog that could not be (re)started means no squeeze: say so rather than
+            // report a torture run without pressure.
+            hog.map(drop)
         });
         result?;
         let pp = sh.page_pins.load(Ordering::Relaxed);
