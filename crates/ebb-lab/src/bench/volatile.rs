@@ -2,7 +2,8 @@
 //! per page against the floor and against the alternatives, and a torture run under real
 //! memory pressure.
 //!
-//! Cycle costs (all measured side by side, interleaved round by round, median of rounds):
+//! Cycle costs (all measured side by side, interleaved round by round in a Williams design so
+//! that every scheme follows every other equally often, median of rounds):
 //! - **ebb 4k / ebb thp**: `pin()` then drop the guard, on a region full of random data
 //!   (4 KiB units with `MADV_NOHUGEPAGE`, or 2 MiB units on THPs).
 //! - **floor 4k / floor thp**: the least any such scheme can do: `MADV_FREE` of the range
@@ -268,11 +269,29 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The scheme at position `k` of round `round` in a Williams design for `n` (even) schemes:
+/// over `n` rounds every scheme takes every position once and directly follows every other
+/// scheme once, so what one scheme leaves behind (caches, TLB, the kernel's per-CPU page
+/// lists: DONTNEED + regenerate churns all of them) weighs on every scheme alike. A plain
+/// rotation keeps each scheme's predecessor fixed and biases the comparison.
+fn williams_order(n: usize, round: usize, k: usize) -> usize {
+    // First row 0, 1, n-1, 2, n-2, ...; row r adds r (mod n).
+    let first = if k == 0 {
+        0
+    } else if k % 2 == 1 {
+        k.div_ceil(2)
+    } else {
+        n - k / 2
+    };
+    (first + round) % n
+}
+
 fn cycle_costs(opts: &Options) -> Result<CycleCosts, Error> {
     let bytes = opts.cycle_bytes.max(4 << 20) & !((2 << 20) - 1);
     let pages = bytes / PAGE;
     let hpage = ebb::sys::huge_page_size();
-    let (rounds, cycles) = if opts.quick { (7, 4) } else { (15, 8) };
+    // Whole Williams squares: see `williams_order`.
+    let (rounds, cycles) = if opts.quick { (6, 4) } else { (18, 8) };
 
     let fill = |mem: &mut [u8], seed: u64| {
         for (i, p) in mem.chunks_mut(PAGE).enumerate() {
@@ -335,9 +354,9 @@ fn cycle_costs(opts: &Options) -> Result<CycleCosts, Error> {
     let (mut t_ebbh_unpin, mut t_floorh_free) = (vec![], vec![]);
     let per_page = |d: Duration| d.as_nanos() as f64 / (cycles * pages) as f64;
     for round in 0..rounds {
-        // Each scheme takes every position in the order equally often.
+        // Each scheme takes every position, and follows every other scheme, equally often.
         for k in 0..6 {
-            match (round + k) % 6 {
+            match williams_order(6, round, k) {
                 0 => {
                     // ebb, 4 KiB units (and its unpin alone).
                     let mut unpin = Duration::ZERO;
@@ -627,11 +646,12 @@ fn torture(opts: &Options) -> Result<Torture, Error> {
                 std::thread::sleep(Duration::from_millis(20));
             }
             sh.stop.store(true, Ordering::Relaxed);
-            drop(hog);
             for w in workers {
                 w.join().expect("torture thread panicked")?;
             }
-            Ok(())
+            // A hog that could not be (re)started means no squeeze: say so rather than
+            // report a torture run without pressure.
+            hog.map(drop)
         });
         result?;
         let pp = sh.page_pins.load(Ordering::Relaxed);
@@ -654,6 +674,28 @@ fn torture(opts: &Options) -> Result<Torture, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn williams_order_balances_positions_and_predecessors() {
+        let n = 6;
+        let mut pos = vec![vec![0; n]; n];
+        let mut after = vec![vec![0; n]; n];
+        for r in 0..n {
+            let row: Vec<usize> = (0..n).map(|k| williams_order(n, r, k)).collect();
+            for (k, &x) in row.iter().enumerate() {
+                pos[x][k] += 1;
+            }
+            for w in row.windows(2) {
+                after[w[1]][w[0]] += 1;
+            }
+        }
+        assert!(pos.iter().flatten().all(|c| *c == 1), "{pos:?}");
+        for (x, row) in after.iter().enumerate() {
+            for (y, c) in row.iter().enumerate() {
+                assert_eq!(*c, usize::from(x != y), "{after:?}");
+            }
+        }
+    }
 
     /// The `--quick` torture run as a test: at least a million page pins under a real
     /// squeeze, no corruption, and the squeeze must really have discarded pages.

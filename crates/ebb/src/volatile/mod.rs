@@ -38,9 +38,15 @@
 //! sets the PTE's dirty bit (on x86 in hardware, without a fault) and so takes the page out
 //! of the kernel's hands for good. There is no third outcome.
 //!
-//! ebb uses exactly that. **At unpin** it records, for each 4 KiB page, the first non-zero
-//! 8-byte word and its offset (an all-zero page needs nothing: losing it changes nothing),
-//! writes nothing, and applies `MADV_FREE` to the whole range in one call. **At pin**, for
+//! ebb uses exactly that. **At unpin** it records, for each 4 KiB page, a non-zero 8-byte
+//! word and its offset, the *sentinel* (an all-zero page needs nothing: losing it changes
+//! nothing), writes nothing, and applies `MADV_FREE` to the whole range in one call. Any
+//! non-zero word detects a discard (a discarded page reads all zero); ebb keeps the previous
+//! sentinel's word while it is still non-zero, and otherwise takes the first non-zero word of
+//! the page. The previous word lies in the cache line the pin's exchange just touched, while
+//! the first non-zero word may be several cold cache lines into the page (measured in `ebb bench
+//! volatile`, whose pages have up to three leading zero lines: the unpin's recording step
+//! went from ~60 to ~10-15 ns/page). **At pin**, for
 //! each recorded page, it must learn whether the page is still there without allocating one
 //! for a page that is gone, and then make it stay:
 //! 1. *Is it there?* The textbook way is a plain atomic load of the word: zero means the
@@ -71,23 +77,37 @@
 //! [`HugeMode::Huge`] the purge unit is the 2 MiB page: one word per unit is recorded and
 //! checked. The price: losing one unit loses 2 MiB, and memory is committed in 2 MiB steps.
 //!
-//! The argument only holds while the unit stays PMD-mapped: a THP split while unpinned
-//! (partial madvise, migration, an older kernel's reclaim splitting the PMD first) turns into
-//! 512 independent lazyfree pages, of which the sentinel covers one. ebb therefore asks the
-//! kernel which units are PMD-mapped (the `PAGEMAP_SCAN` ioctl, Linux 6.7, `PAGE_IS_HUGE`),
-//! once per pin, *after* the exchanges: a unit recorded as huge that is no longer PMD-mapped
-//! is declared lost and zeroed (`MADV_DONTNEED`), which is conservative but never wrong. The
-//! same scan tells the next unpin how to record each unit: a unit that is not PMD-mapped (THP
-//! allocation failed, or the tail of the region) is recorded page by page like 4 KiB mode
-//! (the unpin scans again if a full unit was not huge, e.g. memory first touched while
-//! pinned). Where `PAGEMAP_SCAN` is missing, huge mode is not used.
+//! The argument only holds while the unit stays PMD-mapped: a THP split while unpinned turns
+//! into 512 independent lazyfree pages, of which the sentinel covers one. Splits do happen
+//! without any action of ours: in reclaim, `try_to_unmap_one` (mm/rmap.c) with
+//! `TTU_SPLIT_HUGE_PMD` first tries `unmap_huge_pmd_locked`, and when
+//! `__discard_anon_folio_pmd_locked` declines (an unexpected reference, e.g. a concurrent
+//! GUP or pagemap reader, or a dirty PMD) it falls through to `split_huge_pmd_locked`; the
+//! deferred-split shrinker splits "underused" THPs (mm/huge_memory.c `thp_underused`, when
+//! `khugepaged/max_ptes_none` < 511); migration splits a THP it cannot move whole; so do
+//! `MADV_PAGEOUT`/`MADV_COLD` of part of a unit (also remotely, via process_madvise) and
+//! memory failure. None of these leaves a trace a process can read without a system call,
+//! so the check cannot be skipped or amortised over several pins without letting a loss
+//! through. ebb therefore asks the kernel whether the units are still PMD-mapped (the
+//! `PAGEMAP_SCAN` ioctl, Linux 6.7, `PAGE_IS_HUGE`), once per pin, *after* the exchanges (an
+//! exchange on a PMD-mapped unit dirties the whole PMD, and a split afterwards copies the
+//! dirty bit into every PTE, so nothing can be lost once the check passes). In the usual case
+//! (every full unit was huge at unpin) it asks the inverse question, "is any page of these
+//! units *not* PMD-mapped?" with `max_pages` 1, so the kernel walks the PMDs and copies
+//! nothing out; otherwise it asks for the PMD-mapped ranges. A unit recorded as huge that is
+//! no longer PMD-mapped is declared lost and zeroed (`MADV_DONTNEED`), which is conservative
+//! but never wrong. The same answer tells the next unpin how to record each unit: a unit
+//! that is not PMD-mapped (THP allocation failed, or the tail of the region) is recorded page
+//! by page like 4 KiB mode (the unpin scans again if a full unit was not huge, e.g. memory
+//! first touched while pinned). Where `PAGEMAP_SCAN` is missing, huge mode is not used.
 //!
 //! *Pinning a huge unit* goes straight to the exchange (no load, no mincore: at 2 MiB per
 //! unit the floor is ~0.5 ns per 4 KiB page and each extra step showed up as 20-35% of it).
 //! The price is paid only when a unit was lost: the failing exchange faults in a fresh zeroed
-//! huge page, which ebb gives back at once with `MADV_DONTNEED`. The PMD scan is the cost
-//! ebb keeps for correctness: one `PAGEMAP_SCAN` per pin, measured at 2-7 µs for 64 MiB
-//! (32 units), about a third of a floor cycle; `ebb bench volatile` reports the ratio.
+//! huge page, which ebb gives back at once with `MADV_DONTNEED`. The PMD check is the cost
+//! ebb keeps for correctness: one ioctl per pin, measured at ~1.6 µs for 64 MiB (32 units) on
+//! the lab machine, of which ~0.6 µs is the bare system call; `ebb bench volatile` reports
+//! the cycle ratio to the floor.
 //!
 //! [`HugeMode::Auto`], the default, uses huge units for regions of at least one huge page when
 //! THP is available, and 4 KiB pages (with `MADV_NOHUGEPAGE`) otherwise: pin/unpin cycles of
@@ -301,7 +321,7 @@ const PREFETCH_PAGES: usize = 8;
 /// No sentinel: the page (or unit) was all zero at unpin.
 const NONE: u32 = u32::MAX;
 
-/// The first non-zero word of a page or unit at unpin.
+/// A page's or unit's sentinel: a word that was non-zero at unpin.
 #[derive(Debug, Clone, Copy)]
 struct Sentinel {
     /// Word index from the start of the page (or unit); [`NONE`] if all zero.
@@ -339,9 +359,14 @@ pub struct VolatileRegion {
     unit: usize,
     purgeable: bool,
     pinned: bool,
-    /// Per 4 KiB page: the sentinel (4 KiB units, and the small units of huge mode); in huge
-    /// mode the first page's entry of a huge unit holds the unit's sentinel.
+    /// Per 4 KiB page: the sentinel (4 KiB units, and the units of huge mode recorded page by
+    /// page).
     sentinels: Vec<Sentinel>,
+    /// Per unit in huge mode: the sentinel of a unit recorded as huge (word index from the
+    /// unit's start). Kept apart from `sentinels`, where the units' entries would lie 8 KiB
+    /// apart (a cache miss and often a TLB miss each when cold), so that a pin reads a few
+    /// dense lines.
+    unit_sentinels: Vec<Sentinel>,
     /// Per unit in huge mode: whether it was PMD-mapped at unpin.
     huge_at_unpin: Vec<bool>,
     /// Whether `huge_at_unpin` was refreshed by the last pin's scan.
@@ -349,6 +374,8 @@ pub struct VolatileRegion {
     /// mincore(2) output, one byte per 4 KiB page.
     residency: Vec<u8>,
     scratch: Vec<(usize, usize)>,
+    /// Per unit in huge mode, during a pin: whether its sentinel exchange failed.
+    unit_lost: Vec<bool>,
     stats: VolatileStats,
 }
 
@@ -428,6 +455,17 @@ impl VolatileRegion {
                 };
                 pages
             ],
+            unit_sentinels: if huge {
+                vec![
+                    Sentinel {
+                        word: NONE,
+                        value: 0
+                    };
+                    map_len.div_ceil(hpage)
+                ]
+            } else {
+                Vec::new()
+            },
             huge_at_unpin: if huge {
                 vec![false; map_len.div_ceil(hpage)]
             } else {
@@ -436,6 +474,7 @@ impl VolatileRegion {
             huge_fresh: false,
             residency: Vec::new(),
             scratch: Vec::new(),
+            unit_lost: Vec::new(),
             stats: VolatileStats {
                 bytes_unpinned: len as u64,
                 ..VolatileStats::default()
@@ -589,11 +628,14 @@ impl VolatileRegion {
                 }
             } else {
                 let ppu = self.unit / page;
-                let mut unit_lost = vec![false; self.huge_at_unpin.len()];
+                // Reused across pins: no allocation on the hot path.
+                let mut unit_lost = std::mem::take(&mut self.unit_lost);
+                unit_lost.clear();
+                unit_lost.resize(self.huge_at_unpin.len(), false);
                 for (u, &huge) in self.huge_at_unpin.iter().enumerate() {
                     let first = u * ppu;
                     if huge {
-                        let s = self.sentinels[first];
+                        let s = self.unit_sentinels[u];
                         // Straight to the exchange (see "Pinning a huge unit" in the module
                         // docs): a lost unit is released again below.
                         if s.word != NONE
@@ -620,21 +662,32 @@ impl VolatileRegion {
                 // may have been split and lost 4 KiB pieces the sentinel does not cover.
                 // The same scan tells the next unpin which units are huge.
                 let base = self.ptr.as_ptr() as usize;
-                let mut ranges = std::mem::take(&mut self.scratch);
-                ranges.clear();
-                let ok = pagemap::huge_ranges(base, base + self.map_len, &mut ranges).is_ok();
+                let full = self.map_len / self.unit;
                 let mut split = Vec::new();
-                for (u, &was_lost) in unit_lost.iter().enumerate() {
-                    let (s, e) = (base + u * self.unit, base + (u + 1) * self.unit);
-                    let now = ok && ranges.iter().any(|&(rs, re)| rs <= s && e <= re);
-                    let data = self.sentinels[u * ppu].word != NONE;
-                    if self.huge_at_unpin[u] && data && !was_lost && !now {
-                        split.push(u);
+                // The usual case, every full unit huge at unpin (a tail unit never is): one
+                // yes/no question, whether any page of them is not PMD-mapped now. Yes
+                // means nothing split and the record stands as it is.
+                let unchanged = full > 0
+                    && self.huge_at_unpin[..full].iter().all(|h| *h)
+                    && pagemap::all_huge(base, base + full * self.unit).unwrap_or(false);
+                if unchanged {
+                    self.huge_fresh = true;
+                } else {
+                    let mut ranges = std::mem::take(&mut self.scratch);
+                    ranges.clear();
+                    let ok = pagemap::huge_ranges(base, base + self.map_len, &mut ranges).is_ok();
+                    for (u, &was_lost) in unit_lost.iter().enumerate() {
+                        let (s, e) = (base + u * self.unit, base + (u + 1) * self.unit);
+                        let now = ok && ranges.iter().any(|&(rs, re)| rs <= s && e <= re);
+                        let data = self.unit_sentinels[u].word != NONE;
+                        if self.huge_at_unpin[u] && data && !was_lost && !now {
+                            split.push(u);
+                        }
+                        self.huge_at_unpin[u] = now;
                     }
-                    self.huge_at_unpin[u] = now;
+                    self.huge_fresh = ok;
+                    self.scratch = ranges;
                 }
-                self.huge_fresh = ok;
-                self.scratch = ranges;
                 // A lost unit's exchange faulted in a fresh zeroed huge page: give it back.
                 for (u, lost_unit) in unit_lost.iter().enumerate() {
                     if *lost_unit {
@@ -649,6 +702,7 @@ impl VolatileRegion {
                         push(&mut lost, s, e);
                     }
                 }
+                self.unit_lost = unit_lost;
                 lost.sort_by_key(|r| r.start);
                 let mut merged: Vec<Range<usize>> = Vec::with_capacity(lost.len());
                 for r in lost.drain(..) {
@@ -680,19 +734,21 @@ impl VolatileRegion {
         lost
     }
 
-    /// Starts loading the first cache line of page `page` (if inside the mapping), for
+    /// Starts loading the cache line of page `page`'s sentinel (the line pin exchanges and
+    /// unpin reads first; the page's first line if it has none), if inside the mapping, for
     /// writing if `write`: the page walks and cache misses of the pages ahead then overlap
     /// with the work on this one (an exchange is serialising, so it cannot overlap itself).
     /// A prefetch never faults and never maps anything.
     #[inline(always)]
     fn prefetch(&self, page: usize, write: bool) {
         #[cfg(target_arch = "x86_64")]
-        if page < self.sentinels.len() {
+        if let Some(s) = self.sentinels.get(page) {
             use std::arch::x86_64::{_MM_HINT_ET0, _MM_HINT_T0, _mm_prefetch};
+            let word = if s.word == NONE { 0 } else { s.word as usize };
             let p = self
                 .ptr
                 .as_ptr()
-                .wrapping_add(page * sys::page_size())
+                .wrapping_add(page * sys::page_size() + word * 8)
                 .cast::<i8>()
                 .cast_const();
             if write {
@@ -705,6 +761,47 @@ impl VolatileRegion {
         }
         #[cfg(not(target_arch = "x86_64"))]
         let _ = (page, write);
+    }
+
+    /// Starts loading the cache line of huge unit `unit`'s sentinel, if there is such a unit.
+    #[inline(always)]
+    fn prefetch_unit(&self, unit: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(s) = self.unit_sentinels.get(unit) {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let word = if s.word == NONE { 0 } else { s.word as usize };
+            let p = self
+                .ptr
+                .as_ptr()
+                .wrapping_add(unit * self.unit + word * 8)
+                .cast::<i8>()
+                .cast_const();
+            // SAFETY: prefetching is a hint: it never faults and changes no memory.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = unit;
+    }
+
+    /// The sentinel of `[from, to)` (word indices) at unpin: the previous sentinel's word if
+    /// it is still non-zero, else the first non-zero word. Any non-zero word serves (a
+    /// discarded page reads all zero), and the previous one is the line the pin's exchange
+    /// just touched, where the first non-zero word may lie several cache misses further in.
+    #[inline(always)]
+    fn pick_sentinel(&self, from: usize, to: usize, prev: Sentinel) -> Sentinel {
+        if prev.word != NONE && (prev.word as usize) < to - from {
+            // SAFETY: `from + prev.word` is inside `[from, to)`, so inside the mapping and
+            // aligned; no mutable reference exists while unpinning (the guard is being
+            // dropped).
+            let value = unsafe { self.words().add(from + prev.word as usize).read() };
+            if value != 0 {
+                return Sentinel {
+                    word: prev.word,
+                    value,
+                };
+            }
+        }
+        self.first_nonzero(from, to)
     }
 
     /// Finds the first non-zero word in `[from, to)` (word indices), relative to `from`.
@@ -750,7 +847,8 @@ impl VolatileRegion {
             if self.huge_at_unpin.is_empty() {
                 for i in 0..self.sentinels.len() {
                     self.prefetch(i + PREFETCH_PAGES, false);
-                    self.sentinels[i] = self.first_nonzero(i * wpp, (i + 1) * wpp);
+                    self.sentinels[i] =
+                        self.pick_sentinel(i * wpp, (i + 1) * wpp, self.sentinels[i]);
                 }
             } else {
                 // The pin's scan is fresh enough when it found every full unit huge; else (first
@@ -778,12 +876,14 @@ impl VolatileRegion {
                     let huge = self.huge_at_unpin[u];
                     let first = u * ppu;
                     let last = ((u + 1) * ppu).min(pages);
-                    self.prefetch((u + 2) * ppu, false);
+                    self.prefetch_unit(u + 2);
                     if huge {
-                        self.sentinels[first] = self.first_nonzero(first * wpp, last * wpp);
+                        self.unit_sentinels[u] =
+                            self.pick_sentinel(first * wpp, last * wpp, self.unit_sentinels[u]);
                     } else {
                         for i in first..last {
-                            self.sentinels[i] = self.first_nonzero(i * wpp, (i + 1) * wpp);
+                            self.sentinels[i] =
+                                self.pick_sentinel(i * wpp, (i + 1) * wpp, self.sentinels[i]);
                         }
                     }
                 }
@@ -1001,6 +1101,37 @@ mod tests {
         assert_eq!(r.sentinels[1].word, 100);
         assert_eq!(r.sentinels[1].value, 7);
         assert_eq!(r.sentinels[2].word, NONE);
+    }
+
+    #[test]
+    fn sentinel_keeps_its_word_while_non_zero() {
+        let mut r = VolatileRegion::with_options(
+            4096,
+            &VolatileOptions {
+                huge: HugeMode::Never,
+                name: None,
+            },
+        )
+        .unwrap();
+        r.pin().unwrap()[800] = 7;
+        assert_eq!((r.sentinels[0].word, r.sentinels[0].value), (100, 7));
+        // An earlier non-zero word appears: the kept word still serves.
+        r.pin().unwrap()[16] = 9;
+        assert_eq!((r.sentinels[0].word, r.sentinels[0].value), (100, 7));
+        // The kept word changes: its new value is recorded.
+        r.pin().unwrap()[801] = 1;
+        assert_eq!(
+            (r.sentinels[0].word, r.sentinels[0].value),
+            (100, 7 | 1 << 8)
+        );
+        // The kept word becomes zero: the first non-zero word takes over.
+        {
+            let mut p = r.pin().unwrap();
+            p[800] = 0;
+            p[801] = 0;
+        }
+        assert_eq!((r.sentinels[0].word, r.sentinels[0].value), (2, 9));
+        assert_eq!(r.pin().unwrap()[16], 9);
     }
 
     #[test]
