@@ -316,3 +316,48 @@ fn watch_json_reports_a_child_overrunning_its_sandbox() {
         at.saturating_duration_since(started)
     );
 }
+
+/// An idle `ebb watch` sleeps: it once spun on an expired status deadline in `--json` mode.
+/// The bound is a spin detector (a spinning loop takes a whole core), not a speed test.
+#[test]
+fn idle_watch_does_not_spin() {
+    use std::time::Duration;
+    for json in [true, false] {
+        let mut args = vec!["watch", "--source", "meminfo", "--duration", "4"];
+        if json {
+            args.push("--json");
+        }
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ebb"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let cpu_ns = |pid: u32| -> u64 {
+            let mut total = 0;
+            for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+                .unwrap()
+                .flatten()
+            {
+                let s = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+                total += s
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0);
+            }
+            total
+        };
+        std::thread::sleep(Duration::from_millis(1000));
+        let before = cpu_ns(child.id());
+        std::thread::sleep(Duration::from_millis(2000));
+        let used = cpu_ns(child.id()) - before;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            used < 500_000_000,
+            "ebb watch (json: {json}) used {} ms of CPU in 2 s idle",
+            used / 1_000_000
+        );
+    }
+}

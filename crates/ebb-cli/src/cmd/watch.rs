@@ -249,7 +249,12 @@ pub fn run(args: Args) -> Result<()> {
                 bail!("the pressure monitor stopped")
             }
         }
-        if !args.json && Instant::now() >= next_status {
+        if Instant::now() >= next_status {
+            // The deadline moves on in JSON mode too, or the wait above would spin.
+            next_status += Duration::from_secs(1);
+            if args.json {
+                continue;
+            }
             let s = monitor.snapshot();
             let mut line = format!("{:>8.3}s  status   ", s.at_ms as f64 / 1000.0);
             if let Some(p) = s.psi_some_avg10 {
@@ -269,7 +274,6 @@ pub fn run(args: Args) -> Result<()> {
                 line += &format!("  MemAvailable {}", bytes(a));
             }
             println!("{line}");
-            next_status += Duration::from_secs(1);
         }
     }
 }
