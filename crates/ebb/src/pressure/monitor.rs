@@ -266,7 +266,7 @@ impl Monitor {
                 thresholds,
                 interval,
             } => format!(
-                "every {interval:?}, in use low {} medium {} critical {}",
+                "every {interval:?} near the thresholds (up to 5x less often far from them), in use low {} medium {} critical {}",
                 thresholds.low, thresholds.medium, thresholds.critical
             ),
         };
