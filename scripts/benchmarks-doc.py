@@ -75,6 +75,7 @@ if a:
         ("zram ratio", lambda r: f(r.get("zram_ratio"))),
         ("PSI some / full ms", lambda r: f"{f(r.get('psi_some_ms'),0)} / {f(r.get('psi_full_ms'),0)}"),
         ("daemon CPU % (kernel part)", lambda r: "-" if r.get("daemon_cpu_pct") is None else f"{f(r['daemon_cpu_pct'])} ({f(r.get('daemon_system_cpu_pct'))})"),
+        ("daemon CPU % over the switch trace alone", lambda r: f(r.get("daemon_cpu_pct_trace"))),
         ("foreground MiB/s", lambda r: f(r.get("foreground_mib_per_s"), 0)),
         ("corrupt pages", lambda r: str(r.get("corrupt_pages", 0))),
     ]

@@ -491,6 +491,10 @@ pub struct PolicyReport {
     pub daemon_cpu_pct: Option<f64>,
     /// CPU seconds the daemon used (user + kernel).
     pub daemon_cpu_s: Option<f64>,
+    /// CPU the daemon used over the switch trace alone (after every app's first launch and
+    /// the compaction that follows it), % of one core. `daemon_cpu_pct` (the whole run) is
+    /// the figure the target is judged on.
+    pub daemon_cpu_pct_trace: Option<f64>,
     /// The kernel-mode part of `daemon_cpu_pct`: for ebbd mostly the page-out work that
     /// process_madvise(MADV_PAGEOUT) does in the caller's context.
     pub daemon_system_cpu_pct: Option<f64>,
@@ -1173,6 +1177,12 @@ fn run_policy(
         progress(1, format!("launched app {i}"));
     }
     std::thread::sleep(Duration::from_millis(config.dwell_ms));
+    // The daemon's CPU from here on covers the switch trace alone, without the one-off
+    // compaction of every app after its first launch (reported beside the whole run).
+    let trace_start = (
+        Instant::now(),
+        run.daemon.as_ref().and_then(|d| cpu_split(d.cpu_pid)),
+    );
 
     let mut fg = config.apps - 1;
     let mut prev = config.apps.checked_sub(2);
@@ -1389,6 +1399,10 @@ fn run_policy(
             r.daemon_cpu_pct = Some(100.0 * (u + s) / wall_d);
             r.daemon_cpu_s = Some(u + s);
             r.daemon_system_cpu_pct = Some(100.0 * s / wall_d);
+            if let (t0, Some((u0, s0))) = trace_start {
+                let wall_t = t0.elapsed().as_secs_f64().max(1e-3);
+                r.daemon_cpu_pct_trace = Some(100.0 * ((u + s) - (u0 + s0)).max(0.0) / wall_t);
+            }
         }
     }
     r.wall_s = started.elapsed().as_secs_f64();
@@ -1679,6 +1693,10 @@ impl Report {
         rows.push((
             "PSI some / full ms",
             col(&|r| format!("{:.0}/{}", r.psi_some_ms, fmt_opt(r.psi_full_ms, 0))),
+        ));
+        rows.push((
+            "daemon CPU % over the switches",
+            col(&|r| fmt_opt(r.daemon_cpu_pct_trace, 2)),
         ));
         rows.push((
             "daemon CPU % (of it kernel)",
