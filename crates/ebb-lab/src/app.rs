@@ -54,6 +54,7 @@ use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use crate::Sandbox;
+use crate::proto::{Answer, exchange};
 
 /// Bytes per page of the working set (the content unit; the kernel's page size on x86_64).
 pub const PAGE: usize = 4096;
@@ -557,22 +558,15 @@ impl App {
     }
 
     fn request(&mut self, command: &str) -> Result<Vec<String>, Error> {
-        let sent = writeln!(self.stdin, "{command}").and_then(|()| self.stdin.flush());
-        let mut reply = String::new();
-        let read = match sent {
-            Ok(()) => self.stdout.read_line(&mut reply),
-            Err(e) => Err(e),
-        };
-        match read {
-            Ok(n) if n > 0 => {}
-            _ => {
-                let status = self.child.wait()?;
+        let reply = match exchange(&mut self.child, &mut self.stdin, &mut self.stdout, command)? {
+            Answer::Line(reply) => reply,
+            Answer::Died(status) => {
                 return Err(Error::Died {
                     command: command.to_string(),
                     status,
                 });
             }
-        }
+        };
         let mut words = reply.split_whitespace();
         match words.next() {
             Some("ok") => Ok(words.map(str::to_string).collect()),

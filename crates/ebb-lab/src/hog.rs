@@ -31,6 +31,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 
 use crate::Sandbox;
+use crate::proto::{Answer, exchange};
 
 const WORDS_PER_PAGE: usize = 4096 / 8;
 /// Words at the start of each page that are all distinct.
@@ -296,23 +297,15 @@ impl Hog {
 
     /// Send one command and return the words after `ok`.
     fn request(&mut self, command: &str) -> Result<Vec<String>, Error> {
-        let sent = writeln!(self.stdin, "{command}").and_then(|()| self.stdin.flush());
-        let mut reply = String::new();
-        let read = match sent {
-            Ok(()) => self.stdout.read_line(&mut reply),
-            Err(e) => Err(e),
-        };
-        match read {
-            Ok(n) if n > 0 => {}
-            // EOF or a broken pipe: the child is gone. Say how it ended.
-            _ => {
-                let status = self.child.wait()?;
+        let reply = match exchange(&mut self.child, &mut self.stdin, &mut self.stdout, command)? {
+            Answer::Line(reply) => reply,
+            Answer::Died(status) => {
                 return Err(Error::Died {
                     command: command.to_string(),
                     status,
                 });
             }
-        }
+        };
         let mut words = reply.split_whitespace();
         if words.next() == Some("ok") {
             Ok(words.map(str::to_string).collect())

@@ -28,6 +28,7 @@
 pub mod app;
 pub mod bench;
 pub mod hog;
+mod proto;
 pub mod sandbox;
 pub mod zram;
 

@@ -18,6 +18,8 @@
 
 use std::alloc::{GlobalAlloc, Layout};
 use std::io::{self, BufRead, Write};
+
+use crate::proto::{Answer, exchange};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -298,15 +300,14 @@ impl HeapChild {
     /// Sends one command; returns the words after `ok`. A child that died answers with an
     /// error naming how it ended.
     pub fn request(&mut self, command: &str) -> io::Result<Vec<String>> {
-        let sent = writeln!(self.stdin, "{command}").and_then(|()| self.stdin.flush());
-        let mut reply = String::new();
-        let read = sent.and_then(|()| self.stdout.read_line(&mut reply));
-        if !matches!(read, Ok(n) if n > 0) {
-            let status = self.child.wait()?;
-            return Err(io::Error::other(format!(
-                "ebb-heap-child died during {command:?}: {status}"
-            )));
-        }
+        let reply = match exchange(&mut self.child, &mut self.stdin, &mut self.stdout, command)? {
+            Answer::Line(reply) => reply,
+            Answer::Died(status) => {
+                return Err(io::Error::other(format!(
+                    "ebb-heap-child died during {command:?}: {status}"
+                )));
+            }
+        };
         let mut words = reply.split_whitespace();
         if words.next() == Some("ok") {
             Ok(words.map(str::to_string).collect())
