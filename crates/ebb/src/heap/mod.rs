@@ -97,13 +97,39 @@
 //!   allocator must not spawn threads from inside `alloc`).
 //! - The budget: on the freeing thread, as soon as a free makes the held bytes exceed it.
 //!
-//! # Concurrency
+//! # Concurrency and thread caches
 //!
-//! One `std::sync::Mutex` around the bookkeeping. Uncontended, an alloc + free of one page
-//! costs about 100 ns including the lock when the metadata is in cache, and a few hundred
-//! when a 4 KiB write between them evicted it (`ebb bench heap`, 4 KiB spans); there is no
-//! per-thread cache. Releases run under the lock (they must: a hugepage being released must
-//! not be handed out meanwhile).
+//! The bookkeeping (the core) sits behind one `std::sync::Mutex`. Spans of up to 16 pages
+//! (64 KiB) are served in front of it by per-thread caches, as in tcmalloc (Temeraire keeps
+//! its filler behind the central lock the same way): freeing such a span pushes it on the
+//! calling thread's cache and allocating pops one, with no lock and no read-modify-write on
+//! shared data except one compare-exchange on the span's own state byte (the double-free
+//! check). A locked instruction right after a 4 KiB write waits for that write to drain from
+//! the store buffer, so taking the lock per span cost about as much as the write itself.
+//! A cache that runs dry borrows a batch of adjacent spans from the core in one locked call;
+//! one that exceeds [`HeapOptions::thread_cache_bytes`] returns the older half of that size's
+//! spans, merged into runs, in one locked call.
+//!
+//! The semantics stay exact:
+//! - **Accounting.** A cached span is free: [`HeapStats::free_held_bytes`] includes
+//!   [`HeapStats::thread_cached_bytes`], and `live + free_held + released == committed` holds.
+//!   The core keeps cached spans *lent* (it neither hands them out nor releases them), so a
+//!   thread's cache keeps at most its bound of memory out of the release policy.
+//! - **Releases.** A pressure event or the budget bumps an epoch; each thread, on its next
+//!   small-span operation, sees it (a plain load), returns its whole cache and repeats the
+//!   event's release for what it returned. The thread that handles an event, or calls
+//!   [`PageHeap::maintain`], returns its own cache first; [`PageHeap::flush_thread_cache`]
+//!   does it on demand. A thread that never touches the heap again keeps at most
+//!   `thread_cache_bytes` until it exits — the bounded price of a lock-free front end.
+//!   The budget holds for the core; caches may add up to their bound per thread on top.
+//! - **Thread exit** returns the cache (a TLS destructor).
+//! - **Double frees** are checked exactly: each live small span's first page has a state
+//!   byte holding its page count, cleared by one compare-exchange on free, so a second free
+//!   (on any thread, even concurrently), a wrong page count, or a larger span over lent pages
+//!   fails with [`HeapError::NotLive`].
+//!
+//! Releases run under the lock (they must: a hugepage being released must not be handed out
+//! meanwhile).
 //!
 //! # Safety contract
 //!
@@ -713,7 +739,7 @@ impl Shared {
             collapse_quiet_ns: opts.collapse_quiet.as_nanos() as u64,
         };
         static IDS: AtomicU64 = AtomicU64::new(0);
-        let cache_limit = (opts.thread_cache_bytes / page).min(u8::MAX as usize * 64);
+        let cache_limit = opts.thread_cache_bytes / page;
         let states = if cache_limit > 0 {
             zeroed_states(len / page)
         } else {
@@ -884,11 +910,14 @@ impl Shared {
         let c = self.lock();
         // Read under the core lock: threads change their count together with the core only
         // under it, and otherwise only move pages between their cache and their live spans.
+        // Counts read while their threads run may catch one span in two caches (popped from
+        // one, freed into another in between); it is still live in the core, so clamp.
         let cached: usize = self
             .links()
             .iter()
             .map(|l| l.pages.load(std::sync::atomic::Ordering::Relaxed))
-            .sum();
+            .sum::<usize>()
+            .min(c.live_pages());
         HeapStats {
             reserved_bytes: self.len,
             committed_bytes: c.committed_huges() * PAGES * self.page,
