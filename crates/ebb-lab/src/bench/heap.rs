@@ -2,12 +2,16 @@
 //! and the common allocators, side by side in one run.
 //!
 //! - **reuse**: 256 MiB in spans of 4 KiB, 64 KiB, 1 MiB and 8 MiB; bursts of alloc + write
-//!   (every byte) + free, with idle gaps between bursts. Per burst every allocator runs in
-//!   turn, then one shared gap follows, so every allocator sees the same idle time (11 s,
-//!   longer than jemalloc's 10 s dirty decay, mimalloc's 10 ms purge delay and ebb's 1 s
+//!   (every byte) + free, with idle gaps between bursts. The floor keeps one 256 MiB buffer and
+//!   rewrites it span by span, through the same burst loop as the allocators (the same pointer
+//!   vector and free pass, its free doing nothing), so it differs from them only in the
+//!   allocator calls. Per burst every allocator and the floor run in turn, the order rotated
+//!   each burst, then one shared gap follows, so every allocator sees the same idle time (11
+//!   s, longer than jemalloc's 10 s dirty decay, mimalloc's 10 ms purge delay and ebb's 1 s
 //!   release delay; `--quick`: 1.2 s and 5 bursts, so jemalloc's decay never elapses). The
-//!   first burst is a warm-up and not counted. Time and page faults (getrusage
-//!   `RUSAGE_THREAD` minflt + majflt) of the measured bursts.
+//!   first burst is a warm-up for all and not counted. Reported: the median burst time, the
+//!   median over bursts of the time ÷ the floor's in the same burst, and page faults
+//!   (getrusage `RUSAGE_THREAD` minflt + majflt) of the measured bursts.
 //! - **thp**: random alloc/free churn (spans of 4 KiB to 4 MiB, log-uniform) with up to 1 GiB
 //!   live (`--quick`: 256 MiB), no pressure; THP coverage (AnonHugePages ÷ Rss of the VMAs
 //!   holding the allocator's live blocks, from /proc/self/smaps) sampled over time.
@@ -78,14 +82,16 @@ impl Default for Options {
 }
 
 /// One allocator's figures for one span size.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ReuseFigures {
-    /// Seconds for the measured bursts (alloc + write + free).
+    /// Median seconds of one measured burst (alloc + write + free of 256 MiB).
     pub seconds: f64,
-    /// Page faults (minor + major) during the measured bursts.
+    /// Page faults (minor + major) during all measured bursts.
     pub faults: u64,
-    /// `seconds` ÷ the floor's.
+    /// Median over the measured bursts of this burst's time ÷ the floor's in the same burst.
     pub vs_floor: f64,
+    /// Seconds of each measured burst.
+    pub bursts: Vec<f64>,
 }
 
 /// THP coverage of one allocator under churn.
@@ -162,6 +168,10 @@ impl Drop for Region {
 
 /// The allocators compared.
 enum Alloc<'h> {
+    /// The floor: one buffer kept and rewritten, slot `i` at `i * bytes`; free does nothing.
+    /// It runs through the same [`burst`] as the allocators, so the benchmark's own
+    /// bookkeeping (the pointer vector, the free pass over it) is identical for all.
+    Floor(Region),
     Ebb(&'h PageHeap),
     /// Fixed slots in a region; free = madvise(advice) of the slot.
     PerSpan(Region, Advice),
@@ -173,6 +183,7 @@ enum Alloc<'h> {
 impl Alloc<'_> {
     fn name(&self) -> &'static str {
         match self {
+            Alloc::Floor(_) => "floor",
             Alloc::Ebb(_) => "ebb",
             Alloc::PerSpan(_, Advice::Free) => "madv_free",
             Alloc::PerSpan(..) => "madv_dontneed",
@@ -188,7 +199,7 @@ impl Alloc<'_> {
             Alloc::Ebb(h) => h.alloc(bytes.div_ceil(PAGE))?.into_raw().0.as_ptr(),
             // SAFETY: slots are disjoint and inside the region (callers keep slot*bytes+bytes
             // within its length).
-            Alloc::PerSpan(r, _) => unsafe { r.ptr.add(slot * bytes) },
+            Alloc::Floor(r) | Alloc::PerSpan(r, _) => unsafe { r.ptr.add(slot * bytes) },
             // SAFETY: plain malloc.
             Alloc::Glibc => unsafe { libc::malloc(bytes).cast() },
             // SAFETY: a non-zero-size layout.
@@ -210,6 +221,9 @@ impl Alloc<'_> {
     unsafe fn free(&self, p: *mut u8, bytes: usize) {
         let layout = Layout::from_size_align(bytes, PAGE).expect("valid layout");
         match self {
+            Alloc::Floor(_) => {
+                std::hint::black_box(p);
+            }
             Alloc::Ebb(h) => {
                 let nn = std::ptr::NonNull::new(p).expect("spans are non-null");
                 // SAFETY: rebuilt once from the span `alloc` gave up.
@@ -252,15 +266,24 @@ fn burst(
     Ok(())
 }
 
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 fn run_reuse(opts: &Options, report: &mut Report) -> Result<(), Error> {
     let total = 256 << 20;
     let heap = PageHeap::new(HeapOptions {
         reservation: 2 << 30,
         ..HeapOptions::default()
     })?;
-    let floor = Region::new(total)?;
     for span in [4 << 10, 64 << 10, 1 << 20, 8 << 20] {
         let allocs = [
+            Alloc::Floor(Region::new(total)?),
             Alloc::Ebb(&heap),
             Alloc::PerSpan(Region::new(total)?, Advice::Free),
             Alloc::PerSpan(Region::new(total)?, Advice::DontNeed),
@@ -268,40 +291,38 @@ fn run_reuse(opts: &Options, report: &mut Report) -> Result<(), Error> {
             Alloc::Jemalloc,
             Alloc::Mimalloc,
         ];
-        let mut secs = vec![0.0f64; allocs.len() + 1];
-        let mut faults = vec![0u64; allocs.len() + 1];
+        let n = allocs.len();
+        // secs[i][b]: allocator i's measured burst b.
+        let mut secs = vec![Vec::new(); n];
+        let mut faults = vec![0u64; n];
         let mut ptrs = Vec::with_capacity(total / span);
         for b in 0..=report.bursts {
             let byte = b as u8 | 1;
-            // The floor: one buffer kept, rewritten span by span.
-            let (t, f) = (Instant::now(), faults_now());
-            for off in (0..total).step_by(span) {
-                // SAFETY: inside our region.
-                unsafe { floor.ptr.add(off).write_bytes(byte, span) };
-            }
-            if b > 0 {
-                secs[0] += t.elapsed().as_secs_f64();
-                faults[0] += faults_now() - f;
-            }
-            for (i, a) in allocs.iter().enumerate() {
+            // Rotate who goes first, so no allocator always runs right after the gap or right
+            // after a particular other one.
+            for k in 0..n {
+                let i = (b + k) % n;
                 let (t, f) = (Instant::now(), faults_now());
-                burst(a, span, total, byte, &mut ptrs)?;
+                burst(&allocs[i], span, total, byte, &mut ptrs)?;
+                // Burst 0 is the warm-up for everyone.
                 if b > 0 {
-                    secs[i + 1] += t.elapsed().as_secs_f64();
-                    faults[i + 1] += faults_now() - f;
+                    secs[i].push(t.elapsed().as_secs_f64());
+                    faults[i] += faults_now() - f;
                 }
             }
             std::thread::sleep(Duration::from_secs_f64(report.gap_seconds));
         }
         let mut row = BTreeMap::new();
-        let names = std::iter::once("floor").chain(allocs.iter().map(Alloc::name));
-        for (i, name) in names.enumerate() {
+        for (i, a) in allocs.iter().enumerate() {
+            // Paired per burst: each burst's time over the floor's in the same burst.
+            let mut ratios: Vec<f64> = secs[i].iter().zip(&secs[0]).map(|(t, f)| t / f).collect();
             row.insert(
-                name.to_string(),
+                a.name().to_string(),
                 ReuseFigures {
-                    seconds: secs[i],
+                    seconds: median(&mut secs[i].clone()),
                     faults: faults[i],
-                    vs_floor: secs[i] / secs[0],
+                    vs_floor: median(&mut ratios),
+                    bursts: secs[i].clone(),
                 },
             );
         }
@@ -448,7 +469,7 @@ impl Report {
             for (name, f) in row {
                 let _ = writeln!(
                     s,
-                    "    {name:<14} {:>8.3} s  {:>6.2}x floor  {:>9} faults",
+                    "    {name:<14} {:>8.4} s/burst  {:>6.2}x floor  {:>9} faults",
                     f.seconds, f.vs_floor, f.faults
                 );
             }

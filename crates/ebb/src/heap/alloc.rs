@@ -15,10 +15,10 @@ thread_local! {
 }
 
 /// Marks this thread as inside the heap until dropped; `None` if it already was.
-struct Reentry;
+pub(crate) struct Reentry;
 
 impl Reentry {
-    fn enter() -> Option<Reentry> {
+    pub(crate) fn enter() -> Option<Reentry> {
         IN_HEAP
             .try_with(|c| (!c.replace(true)).then_some(Reentry))
             .ok()

@@ -60,6 +60,9 @@ struct Huge {
     last_free: u64,
     /// Pages handed out in live spans.
     used: Bits,
+    /// Of `used`, the pages lent to the thread-cache layer (small spans, live or sitting in a
+    /// thread's cache): freed only through [`Core::free_lent`], never by [`Core::free`].
+    lent: Bits,
     /// Free pages given back to the kernel (MADV_FREE, MADV_DONTNEED).
     released: Bits,
     /// Pages whose contents are known to be zero (never written, or dropped).
@@ -324,6 +327,7 @@ impl Core {
         let i = self.huges.len() as u32;
         self.huges.push(Huge {
             used: Bits::EMPTY,
+            lent: Bits::EMPTY,
             released: Bits::FULL,
             zero: Bits::FULL,
             dropped: Bits::FULL,
@@ -467,6 +471,49 @@ impl Core {
         })
     }
 
+    /// Lends up to `count` spans of `pages` (< 512) pages each to the thread-cache layer, as
+    /// one contiguous run placed like a single span (the filler's choice of hugepage and best
+    /// fit in it), extended over the free run it starts as far as `count` spans go. Returns
+    /// the first page and how many spans (≥ 1) the run holds. The pages are marked live and
+    /// lent; the caller records each span's start (see `Shared`'s span states).
+    pub(crate) fn alloc_lent(
+        &mut self,
+        pages: usize,
+        count: usize,
+        not_zero: Option<&mut Vec<(usize, usize)>>,
+    ) -> Result<(usize, usize), HeapError> {
+        debug_assert!((1..PAGES).contains(&pages) && count >= 1);
+        let reservation = self.max_huges * self.huge_bytes();
+        let exhausted = || HeapError::Exhausted { pages, reservation };
+        let (i, pos) = match self.filler_find(pages) {
+            Some(i) => {
+                let free = self.huges[i as usize].used.not();
+                let pos = free
+                    .best_fit(pages)
+                    .expect("filler_find checks the longest free run");
+                (i as usize, pos)
+            }
+            None => (self.take_empty().ok_or_else(exhausted)? as usize, 0),
+        };
+        let run = self.huges[i].used.next_set(pos) - pos;
+        let n = (run / pages).min(count).max(1);
+        let first = i * PAGES + pos;
+        self.claim(first, n * pages, not_zero);
+        self.huges[i].lent.set(pos, n * pages);
+        Ok((first, n))
+    }
+
+    /// Takes back `first..first+pages`, pages lent by [`Core::alloc_lent`] (a run of
+    /// adjacent spans the thread-cache layer returns). Makes no system call.
+    pub(crate) fn free_lent(
+        &mut self,
+        first: usize,
+        pages: usize,
+        now: u64,
+    ) -> Result<(), HeapError> {
+        self.free_inner(first, pages, now, true)
+    }
+
     /// Marks `first..first+pages` live, hugepage by hugepage.
     fn claim(
         &mut self,
@@ -533,8 +580,19 @@ impl Core {
         }
     }
 
-    /// Marks `first..first+pages` free. Makes no system call.
+    /// Marks `first..first+pages` free. Makes no system call. Refuses pages lent to the
+    /// thread-cache layer (a span freed with the wrong page count, or twice).
     pub(crate) fn free(&mut self, first: usize, pages: usize, now: u64) -> Result<(), HeapError> {
+        self.free_inner(first, pages, now, false)
+    }
+
+    fn free_inner(
+        &mut self,
+        first: usize,
+        pages: usize,
+        now: u64,
+        lent: bool,
+    ) -> Result<(), HeapError> {
         let end = first
             .checked_add(pages)
             .filter(|&e| e <= self.huges.len() * PAGES);
@@ -550,12 +608,15 @@ impl Core {
         while g < end {
             let (i, pos) = (g / PAGES, g % PAGES);
             let len = (end - g).min(PAGES - pos);
-            if self.huges[i].used.count_in(pos, len) != len {
+            let h = &self.huges[i];
+            let want_lent = if lent { len } else { 0 };
+            if h.used.count_in(pos, len) != len || h.lent.count_in(pos, len) != want_lent {
                 return Err(not_live());
             }
             g += len;
         }
-        if let Some(m) = &mut self.live_spans {
+        // Spans of the thread-cache layer are checked exactly by their start states instead.
+        if !lent && let Some(m) = &mut self.live_spans {
             if m.get(&first) != Some(&pages) {
                 return Err(not_live());
             }
@@ -567,6 +628,7 @@ impl Core {
             let len = (end - g).min(PAGES - pos);
             let h = &mut self.huges[i];
             h.used.clear(pos, len);
+            h.lent.clear(pos, len);
             h.used_pages -= len as u16;
             h.last_free = now;
             self.live_pages -= len;
@@ -755,6 +817,15 @@ impl Core {
     /// Gives memory back for a pressure event of `level`. Returns the bytes newly released.
     pub(crate) fn pressure(&mut self, level: Level, now: u64) -> Result<usize, HeapError> {
         self.last_pressure = Some(now);
+        let bytes = self.release_for(level, now)?;
+        self.releases.get_mut(Trigger::from(level)).events += 1;
+        Ok(bytes)
+    }
+
+    /// The release of a pressure event of `level`, without counting an event: what
+    /// [`Core::pressure`] does, and what a thread that returns its cache after an event runs
+    /// again so the returned spans get the same treatment.
+    pub(crate) fn release_for(&mut self, level: Level, now: u64) -> Result<usize, HeapError> {
         let trigger = Trigger::from(level);
         let mut pages = match level {
             Level::Low | Level::Medium => self.release_pending(trigger, |_| false)?,
@@ -775,7 +846,6 @@ impl Core {
                 }
             }
         }
-        self.releases.get_mut(trigger).events += 1;
         Ok(pages * self.page)
     }
 
@@ -822,6 +892,10 @@ impl Core {
                 "hugepage {i}: live and known zero"
             );
             assert_eq!(h.dropped.and(&h.released.not()), Bits::EMPTY);
+            assert!(
+                h.lent.and(&h.used.not()).is_empty(),
+                "hugepage {i}: lent, not live"
+            );
             assert_eq!(
                 h.clean,
                 h.released.is_empty() && h.zero.is_empty() && h.dropped.is_empty(),
