@@ -508,20 +508,7 @@ impl App {
     /// The app program: `$EBB_APP` if set, else `ebb-app` next to the current executable
     /// or in its parent directory (tests and examples run one level down).
     pub fn program() -> Result<PathBuf, Error> {
-        if let Some(p) = std::env::var_os("EBB_APP") {
-            return Ok(PathBuf::from(p));
-        }
-        let mut searched = Vec::new();
-        if let Ok(exe) = std::env::current_exe() {
-            for dir in exe.ancestors().skip(1).take(2) {
-                let candidate = dir.join("ebb-app");
-                if candidate.is_file() {
-                    return Ok(candidate);
-                }
-                searched.push(candidate);
-            }
-        }
-        Err(Error::NotFound { searched })
+        crate::proto::locate("EBB_APP", "ebb-app").map_err(|searched| Error::NotFound { searched })
     }
 
     /// Spawn `program` (see [`App::program`]) inside `sandbox` (if given); it builds

@@ -246,20 +246,7 @@ impl Hog {
     /// The hog program: `$EBB_HOG` if set, else `ebb-hog` next to the current executable
     /// or in its parent directory (tests run from `target/<profile>/deps`).
     pub fn program() -> Result<PathBuf, Error> {
-        if let Some(p) = std::env::var_os("EBB_HOG") {
-            return Ok(PathBuf::from(p));
-        }
-        let mut searched = Vec::new();
-        if let Ok(exe) = std::env::current_exe() {
-            for dir in exe.ancestors().skip(1).take(2) {
-                let candidate = dir.join("ebb-hog");
-                if candidate.is_file() {
-                    return Ok(candidate);
-                }
-                searched.push(candidate);
-            }
-        }
-        Err(Error::NotFound { searched })
+        crate::proto::locate("EBB_HOG", "ebb-hog").map_err(|searched| Error::NotFound { searched })
     }
 
     /// Spawn [`Hog::program`], inside `sandbox` if given.

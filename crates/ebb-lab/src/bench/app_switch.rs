@@ -646,22 +646,11 @@ pub fn ebbd_program(explicit: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
     }
-    if let Some(p) = std::env::var_os("EBBD") {
-        return Ok(PathBuf::from(p));
-    }
-    let mut searched = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        for dir in exe.ancestors().skip(1).take(2) {
-            let c = dir.join("ebbd");
-            if c.is_file() {
-                return Ok(c);
-            }
-            searched.push(c);
-        }
-    }
-    Err(format!(
-        "ebbd binary not found (looked at {searched:?}); build it with `cargo build --release -p ebbd` or set EBBD"
-    ))
+    crate::proto::locate("EBBD", "ebbd").map_err(|searched| {
+        format!(
+            "ebbd binary not found (looked at {searched:?}); build it with `cargo build --release -p ebbd` or set EBBD"
+        )
+    })
 }
 
 /// The ebbd configuration for a policy: the benchmark's settings, then `extra`

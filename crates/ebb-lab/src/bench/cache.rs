@@ -321,20 +321,8 @@ pub fn worker_main(args: &[String]) -> Result<(), String> {
 }
 
 fn worker_program() -> Result<PathBuf, Error> {
-    if let Some(p) = std::env::var_os("EBB_CACHE_WORKER") {
-        return Ok(PathBuf::from(p));
-    }
-    let mut searched = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        for dir in exe.ancestors().skip(1).take(2) {
-            let candidate = dir.join("ebb-cache-worker");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-            searched.push(candidate);
-        }
-    }
-    Err(Error::NoWorker { searched })
+    crate::proto::locate("EBB_CACHE_WORKER", "ebb-cache-worker")
+        .map_err(|searched| Error::NoWorker { searched })
 }
 
 fn run_one(

@@ -30,21 +30,14 @@ use ebb::pressure::Level;
 /// The child program: `$EBB_HEAP_CHILD`, else `ebb-heap-child` next to the current
 /// executable or in its parent directory (tests run from `target/<profile>/deps`).
 pub fn program() -> io::Result<PathBuf> {
-    if let Some(p) = std::env::var_os("EBB_HEAP_CHILD") {
-        return Ok(PathBuf::from(p));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        for dir in exe.ancestors().skip(1).take(2) {
-            let candidate = dir.join("ebb-heap-child");
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        "cannot find the ebb-heap-child binary: run `cargo build -p ebb-lab --bins` or set EBB_HEAP_CHILD",
-    ))
+    crate::proto::locate("EBB_HEAP_CHILD", "ebb-heap-child").map_err(|searched| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "cannot find the ebb-heap-child binary (looked at {searched:?}): run `cargo build -p ebb-lab --bins` or set EBB_HEAP_CHILD"
+            ),
+        )
+    })
 }
 
 /// The first pressure event as the child saw it: (events so far, its time in ms of
