@@ -296,6 +296,18 @@ pub struct MemoryStat {
 }
 
 impl MemoryStat {
+    /// Inactive page cache that is neither dirty nor under writeback, bytes: what reclaim
+    /// can drop without I/O or compression. Hierarchical (v1 `total_inactive_file −
+    /// total_dirty − total_writeback`, v2 `inactive_file − file_dirty − file_writeback`).
+    /// An upper bound: dirty pages may sit on the active list, so this never over-subtracts.
+    pub fn clean_inactive_file(&self) -> u64 {
+        let first = |names: &[&str]| names.iter().find_map(|n| self.get(n)).unwrap_or(0);
+        let inactive = first(&["total_inactive_file", "inactive_file"]);
+        let dirty = first(&["total_dirty", "file_dirty", "dirty"]);
+        let writeback = first(&["total_writeback", "file_writeback", "writeback"]);
+        inactive.saturating_sub(dirty.saturating_add(writeback))
+    }
+
     /// The raw value of one line, by name.
     pub fn get(&self, name: &str) -> Option<u64> {
         self.entries
@@ -361,6 +373,34 @@ pub fn parse_events(text: &str) -> Result<MemoryEvents, String> {
         }
     }
     Ok(ev)
+}
+
+/// The limit that binds a group, from [`MemoryCgroup::room`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Room {
+    /// The limit, bytes.
+    pub limit: u64,
+    /// Usage of the group that has it, bytes.
+    pub usage: u64,
+    /// The group that has it (the group itself or an ancestor).
+    pub group: PathBuf,
+    /// Clean inactive page cache charged to that group, bytes
+    /// ([`MemoryStat::clean_inactive_file`]; 0 if its `memory.stat` could not be read).
+    pub clean_inactive_file: u64,
+}
+
+impl Room {
+    /// Bytes left before the limit: `limit − usage`, 0 if over.
+    pub fn free(&self) -> u64 {
+        self.limit.saturating_sub(self.usage)
+    }
+
+    /// What the group can take before it must swap: [`Room::free`] plus the clean inactive
+    /// page cache, which reclaim drops without I/O or compression (the same reasoning as
+    /// MemAvailable).
+    pub fn available(&self) -> u64 {
+        self.free().saturating_add(self.clean_inactive_file)
+    }
 }
 
 /// One memory cgroup directory, v1 or v2.
@@ -432,6 +472,65 @@ impl MemoryCgroup {
             CgroupVersion::V1 => self.read_with("memory.limit_in_bytes", parse_limit),
             CgroupVersion::V2 => self.read_with("memory.max", parse_limit),
         }
+    }
+
+    /// v2 `memory.high` (the throttling point below `memory.max`), `None` if unset; v1 has no
+    /// such file (`None`).
+    pub fn high(&self) -> Result<Option<u64>, Error> {
+        match self.version {
+            CgroupVersion::V1 => Ok(None),
+            CgroupVersion::V2 => match self.read_with("memory.high", parse_limit) {
+                Err(Error::NotFound { .. }) => Ok(None),
+                other => other,
+            },
+        }
+    }
+
+    /// The tightest limit on this group: over the group and its ancestors (a limit binds its
+    /// whole subtree), the one with the least room left, `None` if none has a limit; with the
+    /// clean inactive page cache charged to that group.
+    ///
+    /// A limit is v1 `memory.limit_in_bytes`, v2 the lower of `memory.max` and `memory.high`.
+    /// Errors reading this group are returned; the walk stops quietly at the first ancestor
+    /// that is not a readable memory cgroup of the same version (the hierarchy's root).
+    pub fn room(&self) -> Result<Option<Room>, Error> {
+        let own = |cg: &MemoryCgroup| -> Result<Option<Room>, Error> {
+            let limit = match (cg.limit()?, cg.high()?) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match limit {
+                None => Ok(None),
+                Some(limit) => Ok(Some(Room {
+                    limit,
+                    usage: cg.usage()?,
+                    group: cg.path.clone(),
+                    clean_inactive_file: 0,
+                })),
+            }
+        };
+        let mut best = own(self)?;
+        let mut at = self.path.parent();
+        while let Some(dir) = at {
+            let Ok(cg) = MemoryCgroup::open(dir) else {
+                break;
+            };
+            if cg.version != self.version {
+                break;
+            }
+            match own(&cg) {
+                Ok(Some(r)) if best.as_ref().is_none_or(|b| r.free() < b.free()) => best = Some(r),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+            at = dir.parent();
+        }
+        if let Some(room) = best.as_mut() {
+            room.clean_inactive_file = MemoryCgroup::open(&room.group)
+                .and_then(|cg| cg.stat())
+                .map_or(0, |st| st.clean_inactive_file());
+        }
+        Ok(best)
     }
 
     /// Swap used by the group, in bytes (v1 `memsw.usage_in_bytes − usage_in_bytes`,
@@ -726,6 +825,58 @@ mod tests {
         let stat = cg.stat().unwrap();
         assert_eq!((stat.anon, stat.file, stat.swap), (8192, 4096, None));
         assert_eq!(cg.procs().unwrap(), vec![12, 34]);
+    }
+
+    #[test]
+    fn fake_v2_room_is_the_tightest_of_max_high_and_ancestors() {
+        // A fake v2 tree (this machine has no v2 memory controller): parent with max 1 GiB
+        // and 900 MiB used, child with max 512 MiB, high 256 MiB and 200 MiB used.
+        let root = tempfile::tempdir().unwrap();
+        let parent = root.path().join("p");
+        let child = parent.join("c");
+        fs::create_dir_all(&child).unwrap();
+        let put = |dir: &Path, name: &str, text: &str| fs::write(dir.join(name), text).unwrap();
+        put(&parent, "memory.current", &format!("{}\n", 900u64 << 20));
+        put(&parent, "memory.max", &format!("{}\n", 1u64 << 30));
+        put(&child, "memory.current", &format!("{}\n", 200u64 << 20));
+        put(&child, "memory.max", &format!("{}\n", 512u64 << 20));
+        put(&child, "memory.high", &format!("{}\n", 256u64 << 20));
+        put(
+            &child,
+            "memory.stat",
+            &format!(
+                "anon {}\ninactive_file {}\nfile_dirty {}\nfile_writeback {}\n",
+                150u64 << 20,
+                40u64 << 20,
+                6u64 << 20,
+                2u64 << 20
+            ),
+        );
+        let cg = MemoryCgroup::open(&child).unwrap();
+        assert_eq!(cg.high().unwrap(), Some(256 << 20));
+        // The parent has 124 MiB left, the child's high 56 MiB: the child's high binds.
+        let r = cg.room().unwrap().unwrap();
+        assert_eq!(
+            (r.limit, r.usage, r.free()),
+            (256 << 20, 200 << 20, 56 << 20)
+        );
+        assert_eq!(r.group, child);
+        // 40 MiB inactive file, 8 MiB of it dirty or under writeback: 32 MiB droppable.
+        assert_eq!(r.clean_inactive_file, 32 << 20);
+        assert_eq!(r.available(), 88 << 20);
+        // Lift the child's high: the parent's 124 MiB is now tighter than the child's 312.
+        put(&child, "memory.high", "max\n");
+        let r = cg.room().unwrap().unwrap();
+        assert_eq!((r.group.as_path(), r.free()), (parent.as_path(), 124 << 20));
+        // The parent has no memory.stat in this tree: no droppable cache counted.
+        assert_eq!(r.available(), 124 << 20);
+        // No limit anywhere: None.
+        put(&child, "memory.max", "max\n");
+        put(&parent, "memory.max", "max\n");
+        assert_eq!(cg.room().unwrap(), None);
+        // A malformed own file is an error, not a silent "no limit".
+        put(&child, "memory.max", "lots\n");
+        assert!(matches!(cg.room(), Err(Error::Parse { .. })));
     }
 
     #[test]

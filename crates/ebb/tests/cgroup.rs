@@ -78,3 +78,31 @@ fn open_rejects_non_memory_dirs() {
         Err(cgroup::Error::NotMemoryCgroup { .. })
     ));
 }
+
+#[test]
+fn v1_room_is_bound_by_a_limited_parent() {
+    let Some(root) = v1_root() else { return };
+    let parent = root.join(format!("ebb-cgtest-{}-room", std::process::id()));
+    std::fs::create_dir(&parent).unwrap();
+    let _parent_guard = Guard(parent.clone());
+    let child = parent.join("inner");
+    std::fs::create_dir(&child).unwrap();
+    // Declared after the parent's guard, so dropped (removed) first.
+    let _child_guard = Guard(child.clone());
+    let (p, c) = (
+        MemoryCgroup::open(&parent).unwrap(),
+        MemoryCgroup::open(&child).unwrap(),
+    );
+    // No limit on either (the root has none): no room to report.
+    assert_eq!(c.room().unwrap(), None);
+    // The parent's limit binds the child (use_hierarchy = 1 on this machine).
+    p.set_limit(Some(64 << 20)).unwrap();
+    let r = c.room().unwrap().unwrap();
+    assert_eq!((r.limit, r.group.as_path()), (64 << 20, parent.as_path()));
+    assert_eq!(r.free(), (64 << 20) - p.usage().unwrap());
+    assert!(r.available() >= r.free());
+    // A tighter own limit wins.
+    c.set_limit(Some(16 << 20)).unwrap();
+    let r = c.room().unwrap().unwrap();
+    assert_eq!((r.limit, r.group.as_path()), (16 << 20, child.as_path()));
+}
