@@ -9,6 +9,14 @@
 //! consider another. Events that arrived while it was killing are dropped: they describe
 //! pressure the kill may already have relieved.
 //!
+//! A watermark event (memcg usage crossed a fraction of its limit) is confirmed first: usage
+//! counts page cache, and a group that reads or writes files sits at its limit with most of
+//! it clean cache that reclaim drops without I/O. The killer re-reads the group's room
+//! ([`ebb::cgroup::MemoryCgroup::room`]) and counts the clean inactive page cache as free; if
+//! that takes the group below the lowest watermark (90%), the pressure is page cache alone
+//! and nobody is killed (logged, counted in `ebbd_kills_unconfirmed_total`); see [`confirm`].
+//! The kernel's own signals (PSI, v1 `pressure_level`) are taken as they come.
+//!
 //! Never killed: pid 1, kernel threads (never tracked), ebbd itself, processes whose adj is
 //! below `min_adj` (re-read through the pidfd just before the signal), and processes whose
 //! comm is in `protected`. A pid that now belongs to another process (start time differs
@@ -21,7 +29,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ebb::Process;
-use ebb::pressure::{Detail, Event, Level, Monitor};
+use ebb::cgroup::MemoryCgroup;
+use ebb::pressure::{Detail, Event, Level, Monitor, Thresholds};
 
 use crate::config::{Kill as Settings, KillOrder};
 use crate::metrics::Stats;
@@ -220,6 +229,33 @@ fn psi_of(e: &Event) -> Option<f64> {
     }
 }
 
+/// For a watermark event: `Err(why)` when the pressure is page cache alone, that is when
+/// counting the group's clean inactive page cache as free takes it below even the lowest
+/// watermark ([`Thresholds::WATERMARK`]`.low`, 90% of the limit). Like lmkd's "other_file"
+/// check, it spares a group that sits at its limit because it reads or writes files, and
+/// does not second-guess real shortage: a group whose cache cannot bring it under 90% is
+/// short of memory, whatever swap could do. Other events, and groups that cannot be read,
+/// pass (`Ok`): the event stands.
+pub fn confirm(event: &Event) -> Result<(), String> {
+    let Detail::Watermark { cgroup, .. } = &event.detail else {
+        return Ok(());
+    };
+    let Ok(Some(room)) = MemoryCgroup::open(cgroup).and_then(|cg| cg.room()) else {
+        return Ok(());
+    };
+    let in_use = 1.0 - room.available() as f64 / room.limit.max(1) as f64;
+    if in_use < Thresholds::WATERMARK.low {
+        Err(format!(
+            "{:.1}% of {} MiB in use once {} MiB of clean page cache counts as free: page cache, not memory, is short",
+            in_use * 100.0,
+            room.limit >> 20,
+            room.clean_inactive_file >> 20,
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 impl Killer {
     /// Starts a monitor over `cgroup` (or system PSI when `None`) and the killer thread.
     /// Every kill is logged, counted in `stats` and pushed to `log`.
@@ -270,6 +306,11 @@ impl Killer {
                     }
                     if matches!(event.detail, Detail::Removed { .. } | Detail::Failed { .. }) {
                         tracing::warn!(detail = ?event.detail, "pressure source ended");
+                        continue;
+                    }
+                    if let Err(why) = confirm(&event) {
+                        tracing::info!(level = %event.level, source = %event.source, %why, "watermark not confirmed: not killing");
+                        stats.kills_unconfirmed.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     let cands = lock(&candidates).clone();

@@ -173,3 +173,68 @@ fn kill_one_never_hits_a_wrong_or_gone_target() {
     let st = a.wait().unwrap();
     assert!(ebb_lab::hog::killed_by_sigkill(&st), "{st:?}");
 }
+
+/// A group at its limit because it reads a file is not short of memory: the watermark fires,
+/// the killer counts the clean page cache as free, and nobody dies.
+#[test]
+fn page_cache_at_the_limit_kills_nobody() {
+    let sb = Sandbox::new(SandboxConfig {
+        name_hint: "ebbd_cache".into(),
+        memory_limit: Some(96 * MIB),
+        swap_limit: Some(0),
+    })
+    .unwrap();
+    let mut victim = Hog::spawn(Some(&sb)).unwrap();
+    victim.alloc(16 * MIB).unwrap();
+    set_adj(victim.pid(), 950);
+    // A 256 MiB file, written outside the group and dropped from the page cache, so reading
+    // it charges the group with clean cache only.
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let file = dir.path().join("data");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&file).unwrap();
+        let chunk = vec![0x5au8; 1 << 20];
+        for _ in 0..256 {
+            f.write_all(&chunk).unwrap();
+        }
+        f.sync_all().unwrap();
+        rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+    }
+    let d = Ebbd::start(
+        &sb,
+        &format!(
+            "[ranks]\nscan_interval_ms = 50\n[compaction]\nenabled = false\n[kill]\ncgroup = {:?}\n",
+            sb.path().display().to_string()
+        ),
+        &[],
+    );
+    d.wait_status(Duration::from_secs(3), |s| {
+        n(&s["processes"]["cached"]) == 1
+    });
+    for _ in 0..2 {
+        let status = sb
+            .spawn(
+                Command::new("cat")
+                    .arg(&file)
+                    .stdout(std::process::Stdio::null()),
+            )
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert!(status.success());
+    }
+    let usage = sb.cgroup().usage().unwrap();
+    let s = d.wait_status(Duration::from_secs(3), |s| n(&s["kills_unconfirmed"]) >= 1);
+    println!("usage {} MiB of 96; {s}", usage >> 20);
+    assert!(
+        usage >= 90 * MIB,
+        "the group never reached its limit: {usage}"
+    );
+    assert!(
+        n(&s["kills_unconfirmed"]) >= 1,
+        "no watermark event was checked: {s}"
+    );
+    assert_eq!(n(&s["kills"]["total"]), 0, "killed for page cache: {s}");
+    assert!(victim.verify().unwrap());
+}
