@@ -3,7 +3,9 @@
 //! Android's "full" compaction (CachedAppOptimizer): private file-backed mappings get
 //! MADV_COLD (their pages move to the inactive list and go first when memory is short),
 //! private anonymous mappings get MADV_PAGEOUT (reclaimed now, into swap); shared mappings are
-//! never advised (another process may be using them). It runs on a worker thread
+//! never advised (another process may be using them). With `trigger = "headroom"` the file
+//! mappings get MADV_PAGEOUT too ([`file_advice`]): the compaction runs because memory is
+//! short now. It runs on a worker thread
 //! ([`Worker`]) so the scan stays on time.
 //!
 //! Throttles (checked in this order): not within `min_interval_s` of the last compaction of
@@ -183,6 +185,18 @@ pub fn file_only_reason(swaps: &[ebb::caps::SwapDevice], min_free_pct: u8) -> Op
     }
 }
 
+/// The advice for a compacted process's private file mappings: COLD when compacting on entry
+/// to the cached band (a hint: the kernel drops those pages first when memory runs short),
+/// PAGEOUT when compacting for headroom (memory is short now: clean pages are dropped at
+/// once, which compresses nothing; dirty private pages are anonymous and swapped like the
+/// rest).
+pub fn file_advice(trigger: crate::config::Trigger) -> Advice {
+    match trigger {
+        crate::config::Trigger::OnCached => Advice::Cold,
+        crate::config::Trigger::Headroom => Advice::PageOut,
+    }
+}
+
 /// Compacts `pid` now (on the calling thread). The throttles other than `min_interval_s`
 /// are checked here.
 pub fn compact(
@@ -253,6 +267,7 @@ pub fn compact(
         Vec::new()
     };
     if dry_run {
+        let file_advice = file_advice(settings.trigger);
         let bytes: u64 = anon_ranges
             .iter()
             .chain(&file_ranges)
@@ -261,7 +276,8 @@ pub fn compact(
         return skip(
             "dry_run",
             format!(
-                "would advise {bytes} B (file COLD, anon {})",
+                "would advise {bytes} B (file {}, anon {})",
+                file_advice.name(),
                 if file_only.is_some() {
                     "skipped"
                 } else {
@@ -271,6 +287,7 @@ pub fn compact(
         );
     }
     let check = || cancel.load(Ordering::Relaxed);
+    let file_advice = file_advice(settings.trigger);
     let options = AdviseOptions {
         measure: false,
         batch: settings.batch_ranges,
@@ -280,10 +297,7 @@ pub fn compact(
     let mut bytes_advised = 0;
     let mut calls = 0;
     let mut cancelled = false;
-    for (ranges, advice) in [
-        (&file_ranges, Advice::Cold),
-        (&anon_ranges, Advice::PageOut),
-    ] {
+    for (ranges, advice) in [(&file_ranges, file_advice), (&anon_ranges, Advice::PageOut)] {
         if ranges.is_empty() || cancelled {
             continue;
         }

@@ -92,8 +92,16 @@ impl Default for Ranks {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Compaction {
-    /// Compact processes entering the cached band.
+    /// Compact cached processes at all.
     pub enabled: bool,
+    /// When a cached process is compacted: as it enters the cached band (`on_cached`,
+    /// Android's CachedAppOptimizer), or only when the scope runs short of free memory
+    /// (`headroom`, least recently cached first).
+    pub trigger: Trigger,
+    /// With `trigger = "headroom"`: keep at least this percentage of the scope's limit free
+    /// (1..=90); without a limit (or a scope), of MemTotal, measured as MemAvailable.
+    #[serde(deserialize_with = "headroom")]
+    pub headroom_pct: u8,
     /// No re-compaction of the same process within this many seconds.
     pub min_interval_s: u64,
     /// Skip when anonymous RSS is below this (MiB).
@@ -120,6 +128,8 @@ impl Default for Compaction {
     fn default() -> Self {
         Compaction {
             enabled: true,
+            trigger: Trigger::OnCached,
+            headroom_pct: 20,
             min_interval_s: 10,
             min_anon_rss_mib: 12,
             min_growth_mib: 8,
@@ -127,6 +137,29 @@ impl Default for Compaction {
             prefetch_on_resume: false,
             batch_ranges: crate::compaction::BATCH,
             max_range_mib: crate::compaction::MAX_RANGE >> 20,
+        }
+    }
+}
+
+/// When cached processes are compacted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// Each process as it enters the cached band (Android): its memory is freed before
+    /// anyone asks, at the price of compressing memory that may never be needed.
+    OnCached,
+    /// Only while the scope's free memory is below `headroom_pct`: cached processes are
+    /// compacted one at a time, the one cached longest first, until the headroom is back.
+    /// Compresses only what the budget forces out, and keeps recently used apps whole.
+    Headroom,
+}
+
+impl Trigger {
+    /// `on_cached` or `headroom`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::OnCached => "on_cached",
+            Trigger::Headroom => "headroom",
         }
     }
 }
@@ -295,6 +328,16 @@ fn percent<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
     Ok(v as u8)
 }
 
+fn headroom<'de, D: Deserializer<'de>>(d: D) -> Result<u8, D::Error> {
+    let v = i64::deserialize(d)?;
+    if !(1..=90).contains(&v) {
+        return Err(serde::de::Error::custom(format!(
+            "headroom_pct {v} is out of range: must be within 1..=90"
+        )));
+    }
+    Ok(v as u8)
+}
+
 fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let v = i64::deserialize(d)?;
     if !(0..=0o777).contains(&v) {
@@ -453,6 +496,8 @@ mod tests {
         assert_eq!(c.compaction.min_anon_rss_mib, 12);
         assert_eq!(c.compaction.min_growth_mib, 8);
         assert_eq!(c.compaction.file_only_below_free_swap_pct, 20);
+        assert_eq!(c.compaction.trigger, Trigger::OnCached);
+        assert_eq!(c.compaction.headroom_pct, 20);
         assert!(!c.compaction.prefetch_on_resume);
         assert_eq!(c.kill.min_level, MinLevel::Critical);
         assert_eq!(c.kill.min_adj, 200);
@@ -479,6 +524,8 @@ cached_cgroups = ["a"]
 frozen_is_cached = false
 [compaction]
 enabled = true
+trigger = "headroom"
+headroom_pct = 25
 min_interval_s = 1
 min_anon_rss_mib = 1
 min_growth_mib = 1
@@ -500,6 +547,8 @@ listen = "127.0.0.1:9750"
 "#;
         let c = Config::parse(text, "t").unwrap();
         assert_eq!(c.kill.order, KillOrder::Rss);
+        assert_eq!(c.compaction.trigger, Trigger::Headroom);
+        assert_eq!(c.compaction.headroom_pct, 25);
         assert_eq!(c.socket.mode, 0o600);
         assert_eq!(c.kill.protected, vec!["sshd".to_string()]);
         assert_eq!(
@@ -542,6 +591,15 @@ listen = "127.0.0.1:9750"
         assert_eq!(line, 2);
         let (line, _, _) = err("[kill]\norder = \"random\"\n");
         assert_eq!(line, 2);
+        let (line, col, msg) = err("[compaction]\ntrigger = \"eager\"\n");
+        assert_eq!((line, col), (2, 11), "{msg}");
+        assert!(
+            msg.contains("on_cached") && msg.contains("headroom"),
+            "{msg}"
+        );
+        let (line, _, msg) = err("[compaction]\n\nheadroom_pct = 95\n");
+        assert_eq!(line, 3);
+        assert!(msg.contains("1..=90"), "{msg}");
     }
 
     #[test]

@@ -45,6 +45,15 @@ pub struct Stats {
     pub scan_us: AtomicU64,
     /// Time spent killing (signal to exit), microseconds.
     pub kill_us: AtomicU64,
+    /// Watermark events not acted on: with clean page cache counted as free, below the kill level.
+    pub kills_unconfirmed: AtomicU64,
+    /// Compactions started because the scope was short of headroom (`trigger = "headroom"`).
+    pub headroom_compactions: AtomicU64,
+    /// Bytes free under the scope's tightest limit at the last headroom check
+    /// (`u64::MAX`: never checked).
+    pub free_bytes: AtomicU64,
+    /// The headroom ebbd keeps free, bytes, at the last check.
+    pub headroom_bytes: AtomicU64,
     skipped: Mutex<BTreeMap<String, u64>>,
     kills: Mutex<BTreeMap<String, u64>>,
     bands: Mutex<BTreeMap<Band, u64>>,
@@ -70,6 +79,10 @@ impl Default for Stats {
             scans: AtomicU64::new(0),
             scan_us: AtomicU64::new(0),
             kill_us: AtomicU64::new(0),
+            kills_unconfirmed: AtomicU64::new(0),
+            headroom_compactions: AtomicU64::new(0),
+            free_bytes: AtomicU64::new(u64::MAX),
+            headroom_bytes: AtomicU64::new(0),
             skipped: Mutex::new(BTreeMap::new()),
             kills: Mutex::new(BTreeMap::new()),
             bands: Mutex::new(BTreeMap::new()),
@@ -135,6 +148,18 @@ impl Stats {
         add_us(&self.scan_us, took);
     }
 
+    /// Records a headroom check: bytes free and the headroom wanted.
+    pub fn set_headroom(&self, free: u64, headroom: u64) {
+        self.free_bytes.store(free, Ordering::Relaxed);
+        self.headroom_bytes.store(headroom, Ordering::Relaxed);
+    }
+
+    /// The last headroom check, if any: (free, headroom) bytes.
+    pub fn headroom(&self) -> Option<(u64, u64)> {
+        let free = self.free_bytes.load(Ordering::Relaxed);
+        (free != u64::MAX).then(|| (free, self.headroom_bytes.load(Ordering::Relaxed)))
+    }
+
     /// Sets the processes per band.
     pub fn set_bands(&self, counts: BTreeMap<Band, u64>) {
         *lock(&self.bands) = counts;
@@ -176,6 +201,9 @@ impl Stats {
             "prefetches": get(&self.prefetches),
             "scans": get(&self.scans),
             "scan_seconds": get(&self.scan_us) as f64 / 1e6,
+            "headroom_compactions": get(&self.headroom_compactions),
+            "kills_unconfirmed": get(&self.kills_unconfirmed),
+            "headroom": self.headroom().map(|(free, want)| json!({"free_bytes": free, "headroom_bytes": want})),
         })
     }
 
@@ -249,6 +277,22 @@ impl Stats {
             "CPU time of ebbd.",
             format!("{}", cpu_seconds()),
         );
+        counter(
+            "ebbd_kills_unconfirmed_total",
+            "Watermark events not acted on: below the kill level once clean page cache counts as free.",
+            get(&self.kills_unconfirmed).to_string(),
+        );
+        counter(
+            "ebbd_headroom_compactions_total",
+            "Compactions started because the scope was short of headroom.",
+            get(&self.headroom_compactions).to_string(),
+        );
+        if let Some((free, want)) = self.headroom() {
+            let _ = writeln!(
+                out,
+                "# HELP ebbd_free_bytes Bytes free under the scope's tightest limit (or MemAvailable), at the last headroom check.\n# TYPE ebbd_free_bytes gauge\nebbd_free_bytes {free}\n# HELP ebbd_headroom_bytes The headroom ebbd keeps free.\n# TYPE ebbd_headroom_bytes gauge\nebbd_headroom_bytes {want}"
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP ebbd_compactions_skipped_total Compactions decided against, by reason.\n# TYPE ebbd_compactions_skipped_total counter"

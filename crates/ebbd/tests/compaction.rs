@@ -440,3 +440,61 @@ fn zram_frozen_cgroup_members_are_compacted() {
     assert!(hog.verify().unwrap());
     drop(hog);
 }
+
+/// `trigger = "headroom"`: nothing is compacted while the scope has room; once a foreground
+/// child eats into the headroom, the process cached longest is compacted (files and anon), and
+/// only as many as it takes: the one cached later stays whole.
+#[test]
+fn zram_headroom_compacts_the_oldest_cached_only_when_short() {
+    let _zram = zram();
+    let sb = ebb_lab::Sandbox::new(ebb_lab::SandboxConfig {
+        name_hint: "ebbd_headroom".into(),
+        memory_limit: Some(512 * MIB),
+        swap_limit: None,
+    })
+    .unwrap();
+    let mut old = Hog::spawn(Some(&sb)).unwrap();
+    let mut newer = Hog::spawn(Some(&sb)).unwrap();
+    let mut fg = Hog::spawn(Some(&sb)).unwrap();
+    for h in [&mut old, &mut newer, &mut fg] {
+        h.alloc(96 * MIB).unwrap();
+    }
+    // Headroom 25% of 512 MiB = 128 MiB; about 290 MiB in use, so 220 MiB free.
+    let d = Ebbd::start(
+        &sb,
+        "[ranks]\nscan_interval_ms = 50\n[compaction]\ntrigger = \"headroom\"\nheadroom_pct = 25\n[kill]\nenabled = false\n",
+        &[],
+    );
+    set_adj(old.pid(), 950);
+    std::thread::sleep(Duration::from_millis(200));
+    set_adj(newer.pid(), 950);
+    let s = d.wait_status(Duration::from_secs(2), |s| {
+        n(&s["processes"]["cached"]) == 2 && !s["headroom"].is_null()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let s2 = d.status();
+    assert_eq!(n(&s2["compactions"]), 0, "room enough, yet compacted: {s2}");
+    let free = n(&s["headroom"]["free_bytes"]);
+    assert!(free > 128 * MIB, "{s}");
+    assert_eq!(n(&s["headroom"]["headroom_bytes"]), 128 * MIB, "{s}");
+    // The foreground takes 160 MiB more: about 60 MiB free, short of 128.
+    fg.alloc(160 * MIB).unwrap();
+    let s = d.wait_status(Duration::from_secs(5), |s| n(&s["compactions"]) >= 1);
+    assert_eq!(n(&s["compactions"]), 1, "{s}");
+    std::thread::sleep(Duration::from_millis(600));
+    let s = d.status();
+    assert_eq!(n(&s["compactions"]), 1, "compacted more than needed: {s}");
+    assert_eq!(n(&s["headroom_compactions"]), 1, "{s}");
+    assert!(n(&s["headroom"]["free_bytes"]) >= 128 * MIB, "{s}");
+    let (o, w) = (mem(old.pid()), mem(newer.pid()));
+    println!(
+        "oldest cached: swap {} MiB; newer cached: swap {} MiB; {s}",
+        o.swap / MIB,
+        w.swap / MIB
+    );
+    assert!(o.swap >= 80 * MIB, "the oldest was not compacted: {o:?}");
+    assert!(w.swap < 8 * MIB, "the newer one was compacted too: {w:?}");
+    let rec = &d.log_events("short of headroom: compacting the process cached longest")[0];
+    assert_eq!(n(&rec["fields"]["pid"]), u64::from(old.pid()), "{rec}");
+    assert!(old.verify().unwrap(), "data corrupt after compaction");
+}

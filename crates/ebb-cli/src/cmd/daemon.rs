@@ -69,6 +69,14 @@ pub fn run(cmd: DaemonCommand) -> Result<()> {
             .collect();
         println!("skipped       {}", list.join(", "));
     }
+    if let Some(h) = s["headroom"].as_object() {
+        println!(
+            "headroom      {} free, keeping {}; {} compactions for headroom",
+            bytes(u(&h["free_bytes"])),
+            bytes(u(&h["headroom_bytes"])),
+            u(&s["headroom_compactions"])
+        );
+    }
     println!("prefetches    {}", u(&s["prefetches"]));
     let by: Vec<String> = s["kills"]["by_reason"]
         .as_object()
