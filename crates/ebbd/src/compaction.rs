@@ -107,6 +107,9 @@ pub struct Record {
     pub cancelled: bool,
     /// Time from the first advice to the last.
     pub duration: Duration,
+    /// CPU time the compaction took on the worker thread, user + kernel: almost all of it
+    /// is the kernel compressing pages into swap inside process_madvise(MADV_PAGEOUT).
+    pub cpu: Duration,
     /// The anon ranges paged out (for prefetch).
     #[serde(skip)]
     pub anon_ranges: Vec<Range<u64>>,
@@ -153,6 +156,15 @@ pub enum Outcome {
         /// Time taken.
         duration: Duration,
     },
+}
+
+/// CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID).
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
 }
 
 /// Splits `ranges` so that none is longer than `max`.
@@ -337,6 +349,7 @@ pub fn compact(
             calls,
             cancelled,
             duration,
+            cpu: Duration::ZERO,
             anon_ranges,
         },
     }
@@ -392,7 +405,8 @@ impl Worker {
             .name("ebbd-compact".into())
             .spawn(move || {
                 for (job, settings, dry_run) in rx {
-                    let outcome = match job {
+                    let cpu0 = thread_cpu();
+                    let mut outcome = match job {
                         Job::Compact {
                             pid,
                             start_time,
@@ -414,6 +428,9 @@ impl Worker {
                             ranges,
                         } => prefetch(pid, start_time, &ranges, dry_run),
                     };
+                    if let Outcome::Compacted { record, .. } = &mut outcome {
+                        record.cpu = thread_cpu().saturating_sub(cpu0);
+                    }
                     if outcomes.send(outcome).is_err() {
                         break;
                     }

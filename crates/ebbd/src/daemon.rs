@@ -591,6 +591,7 @@ impl Daemon {
                         calls = r.calls,
                         cancelled = r.cancelled,
                         duration_ms = r.duration.as_secs_f64() * 1e3,
+                        cpu_ms = r.cpu.as_secs_f64() * 1e3,
                         "compacted"
                     );
                     if let Some(s) = self.states.get_mut(&r.pid)

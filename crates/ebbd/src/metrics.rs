@@ -35,6 +35,8 @@ pub struct Stats {
     pub swap_gained_bytes: AtomicU64,
     /// Time spent compacting, microseconds.
     pub compaction_us: AtomicU64,
+    /// CPU time the compactions took (the worker thread's), microseconds.
+    pub compaction_cpu_us: AtomicU64,
     /// Prefetches run.
     pub prefetches: AtomicU64,
     /// Pressure events received.
@@ -74,6 +76,7 @@ impl Default for Stats {
             rss_reclaimed_bytes: AtomicU64::new(0),
             swap_gained_bytes: AtomicU64::new(0),
             compaction_us: AtomicU64::new(0),
+            compaction_cpu_us: AtomicU64::new(0),
             prefetches: AtomicU64::new(0),
             pressure_events: AtomicU64::new(0),
             scans: AtomicU64::new(0),
@@ -129,6 +132,7 @@ impl Stats {
         self.swap_gained_bytes
             .fetch_add(r.swap_gained(), Ordering::Relaxed);
         add_us(&self.compaction_us, r.duration);
+        add_us(&self.compaction_cpu_us, r.cpu);
     }
 
     /// Records a compaction decided against.
@@ -195,6 +199,7 @@ impl Stats {
             "rss_reclaimed_bytes": get(&self.rss_reclaimed_bytes),
             "swap_gained_bytes": get(&self.swap_gained_bytes),
             "compaction_seconds": get(&self.compaction_us) as f64 / 1e6,
+            "compaction_cpu_seconds": get(&self.compaction_cpu_us) as f64 / 1e6,
             "kills": {"total": kills.values().sum::<u64>(), "by_reason": kills},
             "pressure_events": get(&self.pressure_events),
             "cpu_seconds": cpu_seconds(),
@@ -246,6 +251,11 @@ impl Stats {
             "ebbd_compaction_seconds_total",
             "Time spent in compaction advice.",
             format!("{}", get(&self.compaction_us) as f64 / 1e6),
+        );
+        counter(
+            "ebbd_compaction_cpu_seconds_total",
+            "CPU time of compactions (mostly the kernel compressing pages into swap).",
+            format!("{}", get(&self.compaction_cpu_us) as f64 / 1e6),
         );
         counter(
             "ebbd_prefetches_total",

@@ -45,8 +45,15 @@ fn zram_acceptance_512mib_cached_child_paged_out_within_5s() {
     assert_eq!(n(&s["compactions"]), 1, "{s}");
     assert!(n(&s["swap_gained_bytes"]) >= 400 * MIB, "{s}");
     assert!(n(&s["rss_reclaimed_bytes"]) >= 400 * MIB, "{s}");
+    // Compressing 512 MiB into zram is real CPU work, and ebbd says how much of its own.
+    let (cpu, total) = (
+        s["compaction_cpu_seconds"].as_f64().unwrap(),
+        s["cpu_seconds"].as_f64().unwrap(),
+    );
+    assert!(cpu > 0.1 && cpu <= total + 0.02, "{s}");
     let rec = &d.log_events("compacted")[0]["fields"];
     println!("compaction record: {rec}");
+    assert!(rec["cpu_ms"].as_f64().unwrap() > 100.0, "{rec}");
     set_adj(hog.pid(), 0);
     assert!(hog.verify().unwrap(), "data corrupt after resume");
 }

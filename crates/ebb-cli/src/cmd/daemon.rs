@@ -53,12 +53,13 @@ pub fn run(cmd: DaemonCommand) -> Result<()> {
         u(&p["other"])
     );
     println!(
-        "compactions   {} ({} cancelled); advised {}, RSS reclaimed {}, swap gained {}",
+        "compactions   {} ({} cancelled); advised {}, RSS reclaimed {}, swap gained {}; CPU {:.2} s",
         u(&s["compactions"]),
         u(&s["compactions_cancelled"]),
         bytes(u(&s["compaction_bytes_advised"])),
         bytes(u(&s["rss_reclaimed_bytes"])),
-        bytes(u(&s["swap_gained_bytes"]))
+        bytes(u(&s["swap_gained_bytes"])),
+        s["compaction_cpu_seconds"].as_f64().unwrap_or(0.0)
     );
     if let Some(skipped) = s["compactions_skipped"].as_object()
         && !skipped.is_empty()

@@ -147,7 +147,12 @@ pub fn run(args: Args) -> Result<()> {
                     claim: "ebbd CPU over the run",
                     ebb: opt(t.ebbd_cpu_pct, 2, "% of a core"),
                     baseline: format!(
-                        "kill-only {}",
+                        "ebbd besides its page-out {}; kill-only {}",
+                        opt(
+                            p("ebbd").and_then(|x| x.daemon_cpu_pct_besides_compaction),
+                            2,
+                            "%"
+                        ),
                         opt(p("kill-only").and_then(|x| x.daemon_cpu_pct), 2, "%")
                     ),
                     result: opt(t.ebbd_cpu_pct, 2, "%"),

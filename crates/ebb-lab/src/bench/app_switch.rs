@@ -498,6 +498,12 @@ pub struct PolicyReport {
     /// The kernel-mode part of `daemon_cpu_pct`: for ebbd mostly the page-out work that
     /// process_madvise(MADV_PAGEOUT) does in the caller's context.
     pub daemon_system_cpu_pct: Option<f64>,
+    /// ebbd's own account of the CPU its compactions took (its worker thread), seconds:
+    /// the compression of what it paged out, which the kernel policy does in the apps.
+    pub ebbd_compaction_cpu_s: Option<f64>,
+    /// `daemon_cpu_pct` less the compactions' CPU: what running ebbd costs besides the
+    /// page-out work itself (scans, socket, pressure monitor, kills), % of one core.
+    pub daemon_cpu_pct_besides_compaction: Option<f64>,
     /// Foreground work: MiB of hot data processed per second of foreground time.
     pub foreground_mib_per_s: f64,
     /// Pages found corrupt on resume (must be 0).
@@ -1339,6 +1345,8 @@ fn run_policy(
                             st.get("rss_reclaimed_bytes").and_then(|v| v.as_u64());
                         r.ebbd_swap_gained_bytes =
                             st.get("swap_gained_bytes").and_then(|v| v.as_u64());
+                        r.ebbd_compaction_cpu_s =
+                            st.get("compaction_cpu_seconds").and_then(|v| v.as_f64());
                     }
                     Err(e) => r.notes.push(format!("ebbd status: {e}")),
                 }
@@ -1398,6 +1406,9 @@ fn run_policy(
             r.daemon_cpu_pct = Some(100.0 * (u + s) / wall_d);
             r.daemon_cpu_s = Some(u + s);
             r.daemon_system_cpu_pct = Some(100.0 * s / wall_d);
+            if let Some(c) = r.ebbd_compaction_cpu_s {
+                r.daemon_cpu_pct_besides_compaction = Some(100.0 * ((u + s) - c).max(0.0) / wall_d);
+            }
             if let (t0, Some((u0, s0))) = trace_start {
                 let wall_t = t0.elapsed().as_secs_f64().max(1e-3);
                 r.daemon_cpu_pct_trace = Some(100.0 * ((u + s) - (u0 + s0)).max(0.0) / wall_t);
@@ -1718,6 +1729,10 @@ impl Report {
                     fmt_opt(r.daemon_system_cpu_pct, 2)
                 )
             }),
+        ));
+        rows.push((
+            "daemon CPU % besides page-out",
+            col(&|r| fmt_opt(r.daemon_cpu_pct_besides_compaction, 2)),
         ));
         rows.push((
             "foreground MiB/s",
