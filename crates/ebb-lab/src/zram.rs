@@ -516,15 +516,31 @@ impl ZramSwap {
     /// The first user sets it up with `size_bytes` and `algorithm`; later users get
     /// the existing device whatever they asked for. The last handle dropped tears it down;
     /// users that died without dropping are pruned at the next call.
+    ///
+    /// While `ebb lab up` ([`Lab`]) is in force, its device is the shared one (and stays
+    /// until `ebb lab down`): a second device would split the swap traffic between the two
+    /// by priority, and the figures of either would describe only part of it.
     pub fn shared(size_bytes: u64, algorithm: &str) -> Result<ZramSwap, Error> {
         let lock = StateLock::acquire()?;
         lock.sweep()?;
         let me = std::process::id();
-        let existing = Record::load_all()?
+        let records = Record::load_all()?;
+        let swaps = active_swaps()?;
+        if let Some(lab) = records
+            .iter()
+            .find(|r| r.owner == Owner::Lab && swaps.contains(&device_path(r.id)))
+        {
+            // Released as "not ours": the lab's owner is `ebb lab down`.
+            return Ok(ZramSwap {
+                id: lab.id,
+                shared: true,
+            });
+        }
+        let existing = records
             .into_iter()
             .find(|r| matches!(r.owner, Owner::Shared(_)));
         let id = match existing {
-            Some(mut r) if active_swaps()?.contains(&device_path(r.id)) => {
+            Some(mut r) if swaps.contains(&device_path(r.id)) => {
                 if let Owner::Shared(pids) = &mut r.owner {
                     pids.push(me);
                 }

@@ -334,6 +334,12 @@ fn zram_lab_up_and_down() {
         ebb_lab::Lab::up(256 * MIB, "lz4"),
         Err(zram::Error::AlreadyUp { .. })
     ));
+    // While the lab is up, the shared swap is the lab's device (one device, not two that
+    // split the swap traffic), and dropping the handle leaves the lab alone.
+    let shared = ZramSwap::shared(128 * MIB, "lzo-rle").unwrap();
+    assert_eq!(shared.device(), status.device);
+    drop(shared);
+    assert!(zram::active_swaps().unwrap().contains(&status.device));
     assert_eq!(ebb_lab::Lab::down().unwrap(), Some(status.device));
     assert_eq!(ebb_lab::Lab::status().unwrap(), None);
     assert_eq!(ebb_lab::Lab::down().unwrap(), None);

@@ -1508,6 +1508,19 @@ pub fn run(opts: &Options, mut progress: impl FnMut(Option<&Progress>)) -> Resul
         z.algorithm.as_deref().unwrap_or("?"),
         z.disksize / MIB
     );
+    // Other swap devices take part of the traffic (by priority): say so beside the figures.
+    let others: Vec<String> = crate::zram::active_swaps()?
+        .into_iter()
+        .filter(|d| *d != z.device)
+        .map(|d| d.display().to_string())
+        .collect();
+    if !others.is_empty() {
+        config.zram.push_str(&format!(
+            "; other swap active: {} (the apps may swap there too; zram figures cover {} only)",
+            others.join(", "),
+            z.device.display()
+        ));
+    }
     let total = policies.len() as u64 * (config.apps + config.switches) as u64;
     let mut done = 0u64;
     let mut policies_out = BTreeMap::new();

@@ -120,6 +120,10 @@ pub struct Report {
     pub pressure: Option<PressureReport>,
     /// Live bytes of the churn in the thp scenario.
     pub thp_live_bytes: usize,
+    /// Bytes allocated, written and freed per burst in the reuse scenario: the floor
+    /// touches `reuse_bytes / 4096` pages a burst, the page count the fault target is a
+    /// share of.
+    pub reuse_bytes: usize,
 }
 
 const HUGE: usize = 2 << 20;
@@ -275,8 +279,11 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// Bytes per burst of the reuse scenario.
+pub const REUSE_BYTES: usize = 256 << 20;
+
 fn run_reuse(opts: &Options, report: &mut Report) -> Result<(), Error> {
-    let total = 256 << 20;
+    let total = REUSE_BYTES;
     let heap = PageHeap::new(HeapOptions {
         reservation: 2 << 30,
         ..HeapOptions::default()
@@ -435,6 +442,7 @@ pub fn run(opts: &Options) -> Result<Report, Error> {
         thp: BTreeMap::new(),
         pressure: None,
         thp_live_bytes: if opts.quick { 256 << 20 } else { 1 << 30 },
+        reuse_bytes: REUSE_BYTES,
     };
     if opts.reuse {
         run_reuse(opts, &mut report)?;
