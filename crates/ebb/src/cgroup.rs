@@ -384,9 +384,6 @@ pub struct Room {
     pub usage: u64,
     /// The group that has it (the group itself or an ancestor).
     pub group: PathBuf,
-    /// Clean inactive page cache charged to that group, bytes
-    /// ([`MemoryStat::clean_inactive_file`]; 0 if its `memory.stat` could not be read).
-    pub clean_inactive_file: u64,
 }
 
 impl Room {
@@ -396,10 +393,14 @@ impl Room {
     }
 
     /// What the group can take before it must swap: [`Room::free`] plus the clean inactive
-    /// page cache, which reclaim drops without I/O or compression (the same reasoning as
-    /// MemAvailable).
+    /// page cache charged to it ([`MemoryStat::clean_inactive_file`]), which reclaim drops
+    /// without I/O or compression (the same reasoning as MemAvailable). Reads the group's
+    /// `memory.stat` now; if that cannot be read, no cache is counted.
     pub fn available(&self) -> u64 {
-        self.free().saturating_add(self.clean_inactive_file)
+        let cache = MemoryCgroup::open(&self.group)
+            .and_then(|cg| cg.stat())
+            .map_or(0, |st| st.clean_inactive_file());
+        self.free().saturating_add(cache)
     }
 }
 
@@ -487,8 +488,7 @@ impl MemoryCgroup {
     }
 
     /// The tightest limit on this group: over the group and its ancestors (a limit binds its
-    /// whole subtree), the one with the least room left, `None` if none has a limit; with the
-    /// clean inactive page cache charged to that group.
+    /// whole subtree), the one with the least room left, `None` if none has a limit.
     ///
     /// A limit is v1 `memory.limit_in_bytes`, v2 the lower of `memory.max` and `memory.high`.
     /// Errors reading this group are returned; the walk stops quietly at the first ancestor
@@ -505,7 +505,6 @@ impl MemoryCgroup {
                     limit,
                     usage: cg.usage()?,
                     group: cg.path.clone(),
-                    clean_inactive_file: 0,
                 })),
             }
         };
@@ -524,11 +523,6 @@ impl MemoryCgroup {
                 Err(_) => break,
             }
             at = dir.parent();
-        }
-        if let Some(room) = best.as_mut() {
-            room.clean_inactive_file = MemoryCgroup::open(&room.group)
-                .and_then(|cg| cg.stat())
-                .map_or(0, |st| st.clean_inactive_file());
         }
         Ok(best)
     }
@@ -862,7 +856,8 @@ mod tests {
         );
         assert_eq!(r.group, child);
         // 40 MiB inactive file, 8 MiB of it dirty or under writeback: 32 MiB droppable.
-        assert_eq!(r.clean_inactive_file, 32 << 20);
+        let stat = MemoryCgroup::open(&r.group).unwrap().stat().unwrap();
+        assert_eq!(stat.clean_inactive_file(), 32 << 20);
         assert_eq!(r.available(), 88 << 20);
         // Lift the child's high: the parent's 124 MiB is now tighter than the child's 312.
         put(&child, "memory.high", "max\n");

@@ -278,8 +278,8 @@ pub fn compact(
     } else {
         Vec::new()
     };
+    let file_advice = file_advice(settings.trigger);
     if dry_run {
-        let file_advice = file_advice(settings.trigger);
         let bytes: u64 = anon_ranges
             .iter()
             .chain(&file_ranges)
@@ -299,7 +299,6 @@ pub fn compact(
         );
     }
     let check = || cancel.load(Ordering::Relaxed);
-    let file_advice = file_advice(settings.trigger);
     let options = AdviseOptions {
         measure: false,
         batch: settings.batch_ranges,

@@ -122,6 +122,32 @@ struct State {
     compacted_in_stay: bool,
 }
 
+impl State {
+    /// Submits a compaction of this process (`pid`) and marks it in flight.
+    fn compact(
+        &mut self,
+        worker: &Worker,
+        pid: u32,
+        comm: String,
+        cfg: &crate::config::Compaction,
+        dry_run: bool,
+    ) {
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.in_flight = Some(cancel.clone());
+        worker.submit(
+            Job::Compact {
+                pid,
+                start_time: self.start_time,
+                comm,
+                last_anon_after: self.last_anon_after,
+                cancel,
+            },
+            cfg,
+            dry_run,
+        );
+    }
+}
+
 /// A running daemon.
 pub struct Daemon {
     options: Options,
@@ -438,19 +464,7 @@ impl Daemon {
                 self.stats.record_skip("interval");
                 return;
             }
-            let cancel = Arc::new(AtomicBool::new(false));
-            state.in_flight = Some(cancel.clone());
-            self.worker.submit(
-                Job::Compact {
-                    pid,
-                    start_time: t.start_time,
-                    comm: t.comm.clone(),
-                    last_anon_after: state.last_anon_after,
-                    cancel,
-                },
-                cfg,
-                self.options.dry_run,
-            );
+            state.compact(&self.worker, pid, t.comm.clone(), cfg, self.options.dry_run);
         } else if old == Some(Band::Cached) {
             state.cached_since = None;
             if let Some(flag) = &state.in_flight {
@@ -548,20 +562,14 @@ impl Daemon {
             cached_for_ms = since.elapsed().as_millis() as u64,
             "short of headroom: compacting the process cached longest"
         );
-        let cancel = Arc::new(AtomicBool::new(false));
-        state.in_flight = Some(cancel.clone());
         state.compacted_in_stay = true;
         self.stats
             .headroom_compactions
             .fetch_add(1, Ordering::Relaxed);
-        self.worker.submit(
-            Job::Compact {
-                pid,
-                start_time: t.start_time,
-                comm: t.comm,
-                last_anon_after: state.last_anon_after,
-                cancel,
-            },
+        state.compact(
+            &self.worker,
+            pid,
+            t.comm,
             &self.config.compaction,
             self.options.dry_run,
         );

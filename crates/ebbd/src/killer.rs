@@ -243,13 +243,14 @@ pub fn confirm(event: &Event) -> Result<(), String> {
     let Ok(Some(room)) = MemoryCgroup::open(cgroup).and_then(|cg| cg.room()) else {
         return Ok(());
     };
-    let in_use = 1.0 - room.available() as f64 / room.limit.max(1) as f64;
+    let available = room.available();
+    let in_use = 1.0 - available as f64 / room.limit.max(1) as f64;
     if in_use < Thresholds::WATERMARK.low {
         Err(format!(
             "{:.1}% of {} MiB in use once {} MiB of clean page cache counts as free: page cache, not memory, is short",
             in_use * 100.0,
             room.limit >> 20,
-            room.clean_inactive_file >> 20,
+            available.saturating_sub(room.free()) >> 20,
         ))
     } else {
         Ok(())
